@@ -1,0 +1,1 @@
+"""Client SDK (see issue 4); nothing here yet."""

@@ -1,0 +1,1 @@
+"""Relay server (see issue 3); nothing here yet."""
