@@ -385,12 +385,14 @@ def decrypt(
         plaintext = existing.decrypt(prekey_message.message, now_ms, rng)
         record.promote(existing)
         return Decrypted(plaintext, record, None, False, False)
-    setup = respond(our, prekeys, sender, prekey_message)
     no_opk = prekey_message.one_time_prekey_id is None
     if no_opk and prekeys.base_key_seen(
         prekey_message.signed_prekey_id, prekey_message.kem_prekey_id, prekey_message.base_key
     ):
+        # Checked first: a replay whose one-time KEM prekey is already gone is still
+        # reported as the replay it is, not as an unknown prekey.
         raise DuplicateMessage("pre-key message replayed (base key already used)")
+    setup = respond(our, prekeys, sender, prekey_message)
     session = Session(
         ratchet=RatchetState.responder_start(
             setup.session_ad, setup.shared_key, setup.signed_prekey

@@ -22,6 +22,8 @@ def seeded_rng(seed: int) -> Rng:
 
 @dataclass
 class TestDevice:
+    __test__ = False  # a builder, not a test class
+
     device: OurDevice
     prekeys: OurPreKeys
     signed_prekey: SignedPublicPreKey
@@ -47,6 +49,8 @@ class TestDevice:
 
 @dataclass
 class TestUser:
+    __test__ = False  # a builder, not a test class
+
     user_id: str
     master: SigningKeyPair
     devices: list[TestDevice]
