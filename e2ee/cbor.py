@@ -85,7 +85,8 @@ def _head(major: int, arg: int, out: bytearray) -> None:
 
 
 def _encode_into(value: Value, out: bytearray, depth: int) -> None:
-    if depth > MAX_CBOR_DEPTH:
+    # The decoder refuses a container at depth MAX_CBOR_DEPTH (even an empty one).
+    if depth >= MAX_CBOR_DEPTH and isinstance(value, list | dict):
         raise InvalidArgument("CBOR value nested too deeply")
     if value is None:
         out.append(0xF6)
@@ -104,7 +105,10 @@ def _encode_into(value: Value, out: bytearray, depth: int) -> None:
         _head(2, len(value), out)
         out += value
     elif isinstance(value, str):
-        raw = value.encode("utf-8")
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            raise InvalidArgument("CBOR text must be encodable as UTF-8") from None
         _head(3, len(raw), out)
         out += raw
     elif isinstance(value, list):
@@ -113,9 +117,10 @@ def _encode_into(value: Value, out: bytearray, depth: int) -> None:
             _encode_into(item, out, depth + 1)
     elif isinstance(value, dict):
         _head(5, len(value), out)
+        # Keys are checked before sorting: mixed key types do not even sort.
+        if any(type(key) is not int or not 0 <= key <= MAX_MAP_KEY for key in value):
+            raise InvalidArgument(f"CBOR map key must be an int in 0..{MAX_MAP_KEY}")
         for key in sorted(value):
-            if type(key) is not int or not 0 <= key <= MAX_MAP_KEY:
-                raise InvalidArgument(f"CBOR map key must be an int in 0..{MAX_MAP_KEY}")
             _head(0, key, out)
             _encode_into(value[key], out, depth + 1)
     else:

@@ -70,6 +70,9 @@ class Suite(IntEnum):
 _HEADER: Final = struct.Struct(">BB32sII")
 HEADER_SIZE: Final = _HEADER.size  # 42
 _CT_LEN: Final = struct.Struct(">I")
+_HEADER_AND_LEN: Final = struct.Struct(">BB32sIII")
+_CT_OFFSET: Final = HEADER_SIZE + _CT_LEN.size
+_MIN_MESSAGE_SIZE: Final = _CT_OFFSET + AEAD_TAG_SIZE
 _PREFIX: Final = struct.Struct(">BBBBB")
 _U32: Final = struct.Struct(">I")
 _FLAG_OPK: Final = 0x01
@@ -133,21 +136,22 @@ class MessageEnvelope:
                 than a tag, oversize, or an invalid ratchet key.
             UnsupportedVersion: a version this code does not speak.
         """
+        if type(data) is not bytes:
+            data = bytes(data)
         size = len(data)
         if size > MAX_ENVELOPE_SIZE:
             raise DecodeError("message envelope too large")
-        if size < HEADER_SIZE + 4 + AEAD_TAG_SIZE:
+        if size < _MIN_MESSAGE_SIZE:
             raise DecodeError("message envelope truncated")
-        version, kind, ratchet_pk, pn, n = _HEADER.unpack_from(data)
-        _check_version(version)
+        version, kind, ratchet_pk, pn, n, ct_len = _HEADER_AND_LEN.unpack_from(data)
+        if version != PROTOCOL_VERSION:
+            _check_version(version)
         if kind != EnvelopeType.MESSAGE:
             raise DecodeError("not a message envelope")
-        (ct_len,) = _CT_LEN.unpack_from(data, HEADER_SIZE)
-        if ct_len != size - HEADER_SIZE - 4:
+        if ct_len != size - _CT_OFFSET:
             raise DecodeError("message envelope length mismatch")
         x25519_validate_public(ratchet_pk)
-        data = bytes(data)
-        return cls(ratchet_pk, pn, n, data[HEADER_SIZE + 4 :], data[:HEADER_SIZE], data)
+        return cls(ratchet_pk, pn, n, data[_CT_OFFSET:], data[:HEADER_SIZE], data)
 
 
 def encode_prekey_header(

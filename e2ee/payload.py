@@ -9,7 +9,7 @@ presented as the send time. An unknown type raises :class:`UnknownPayloadType`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final, TypeAlias
 
@@ -63,7 +63,7 @@ class SyncSent:
     destination_user: str
     original_id: bytes
     original_type: PayloadType
-    original_body: str | bytes
+    original_body: str | bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,15 +213,23 @@ class Payload:
         """The padded CBOR encoding (a multiple of 160 bytes).
 
         Raises:
-            InvalidArgument: the body does not fit the type.
+            InvalidArgument: the body does not fit the type, or a field is one the
+                receiver would refuse (a bad user id, size or range).
             LimitExceeded: the padded payload exceeds ``MAX_PLAINTEXT``.
         """
+        if type(self.sender_ts_ms) is not int or not 0 <= self.sender_ts_ms <= _U63:
+            raise InvalidArgument("sender_ts_ms must be an integer in 0..2^63-1")
+        body = _body_value(self.type, self.body)
+        try:  # refuse what the receiver would refuse (bad ids, sizes, ranges)
+            _body_from(self.type, body)
+        except DecodeError as exc:
+            raise InvalidArgument(f"{self.type.name} body does not decode: {exc}") from exc
         value: dict[int, cbor.Value] = {
             0: PAYLOAD_VERSION,
             1: int(self.type),
             2: self.client_msg_id,
             3: self.sender_ts_ms,
-            4: _body_value(self.type, self.body),
+            4: body,
             5: b"",
         }
         unpadded = len(cbor.encode(value))

@@ -24,6 +24,8 @@ from cryptography import x509 as _x509
 from cryptography.exceptions import UnsupportedAlgorithm as _UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization as _serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem as _mlkem
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from .errors import BadSignature, DecryptionError, InvalidArgument, InvalidKey, LowOrderPoint
 
@@ -105,8 +107,16 @@ _HASH_LEN: Final = 32
 
 _scalarmult = _sodium.crypto_scalarmult
 _scalarmult_base = _sodium.crypto_scalarmult_base
-_aead_encrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
-_aead_decrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
+# XChaCha20-Poly1305 is on every message's hot path. PyNaCl's Python-level wrapper
+# re-checks every argument with eagerly formatted messages (about 2-3 us a call);
+# the wrappers below check lengths once and call the same libsodium functions through
+# PyNaCl's own cffi binding (measured: 4.5 -> 1.5 us per encrypt of 100 bytes).
+_aead_encrypt_c = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt
+_aead_decrypt_c = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt
+_ffi_new = _ffi.new
+_ffi_buffer = _ffi.buffer
+_NULL = _ffi.NULL
+_AEAD_MAX_MESSAGE: Final = _sodium.crypto_aead_xchacha20poly1305_ietf_MESSAGEBYTES_MAX
 _hmac_new = hmac.new
 _sha256 = hashlib.sha256
 _blake2b = hashlib.blake2b
@@ -301,7 +311,14 @@ def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated_data: by
     """
     if len(key) != AEAD_KEY_SIZE or len(nonce) != AEAD_NONCE_SIZE:
         raise InvalidArgument("XChaCha20-Poly1305 takes a 32-byte key and a 24-byte nonce")
-    ciphertext: bytes = _aead_encrypt(plaintext, associated_data, nonce, key)
+    size = len(plaintext)
+    if size > _AEAD_MAX_MESSAGE:  # pragma: no cover - 256 GiB, far beyond any limit here
+        raise InvalidArgument("plaintext too long for XChaCha20-Poly1305")
+    out = _ffi_new("unsigned char[]", size + AEAD_TAG_SIZE)
+    _aead_encrypt_c(
+        out, _NULL, plaintext, size, associated_data, len(associated_data), _NULL, nonce, key
+    )
+    ciphertext: bytes = _ffi_buffer(out, size + AEAD_TAG_SIZE)[:]
     return ciphertext
 
 
@@ -316,10 +333,21 @@ def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: b
         raise InvalidArgument("XChaCha20-Poly1305 takes a 32-byte key and a 24-byte nonce")
     if len(ciphertext) < AEAD_TAG_SIZE:
         raise DecryptionError("ciphertext shorter than the authentication tag")
-    try:
-        plaintext: bytes = _aead_decrypt(ciphertext, associated_data, nonce, key)
-    except _nacl_exc.CryptoError as exc:
-        raise DecryptionError("authentication failed") from exc
+    size = len(ciphertext) - AEAD_TAG_SIZE
+    out = _ffi_new("unsigned char[]", size or 1)
+    if _aead_decrypt_c(
+        out,
+        _NULL,
+        _NULL,
+        ciphertext,
+        len(ciphertext),
+        associated_data,
+        len(associated_data),
+        nonce,
+        key,
+    ):
+        raise DecryptionError("authentication failed")
+    plaintext: bytes = _ffi_buffer(out, size)[:]
     return plaintext
 
 

@@ -219,12 +219,16 @@ class SessionRecord:
             DecryptionError: no session decrypts it (the most specific failure).
         """
         ratchet_pk = envelope.ratchet_pk
-        ordered = sorted(
-            self.sessions,
-            key=lambda s: (
-                not (s.ratchet.knows(ratchet_pk) or (ratchet_pk, envelope.n) in s.ratchet.skipped)
-            ),
-        )
+        ordered = self.sessions
+        if len(ordered) > 1:
+            ordered = sorted(
+                ordered,
+                key=lambda s: (
+                    not (
+                        s.ratchet.knows(ratchet_pk) or (ratchet_pk, envelope.n) in s.ratchet.skipped
+                    )
+                ),
+            )
         failures: list[E2EEError] = []
         for session in ordered:
             try:
