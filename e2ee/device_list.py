@@ -25,7 +25,7 @@ from .errors import (
 from .identifiers import DEVICE_ID_MAX, check_user_id
 from .keys import SigningKeyPair, verify_statement
 from .labels import Label
-from .limits import DEVICE_LIST_STALE_MS, MAX_DEVICES_PER_LIST
+from .limits import DEVICE_LIST_RESIGN_MS, DEVICE_LIST_STALE_MS, MAX_DEVICES_PER_LIST
 from .primitives import (
     ED25519_SIGNATURE_SIZE,
     constant_time_equal,
@@ -214,6 +214,11 @@ class SignedDeviceList:
         signature = cbor.field_bytes(m, 1, "signature", size=ED25519_SIGNATURE_SIZE)
         verify_statement(statement.master_pk, Label.DEVICE_LIST, m[0], signature)
         return cls(statement, signature, bytes(data))
+
+    def needs_resign(self, now_ms: int) -> bool:
+        """Whether the primary should publish a re-signed successor: lists are
+        re-signed at least every 7 days (DESIGN 4.2)."""
+        return now_ms - self.statement.issued_at_ms >= DEVICE_LIST_RESIGN_MS
 
     def successor(
         self,

@@ -355,7 +355,7 @@ class RatchetState:
     # --- serialization (versioned; never pickle) ------------------------------------------
 
     def to_value(self) -> cbor.Value:
-        """The state as a CBOR map (see docs/protocol.md, "Session state")."""
+        """The state as a CBOR map (docs/protocol.md section 8)."""
         return {
             0: _STATE_VERSION,
             1: self.session_ad,

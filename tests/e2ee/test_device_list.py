@@ -16,7 +16,7 @@ from e2ee.device_list import (
 )
 from e2ee.errors import BadSignature, DecodeError, InvalidArgument, UntrustedIdentity
 from e2ee.keys import SigningKeyPair
-from e2ee.limits import DEVICE_LIST_STALE_MS
+from e2ee.limits import DEVICE_LIST_RESIGN_MS, DEVICE_LIST_STALE_MS
 
 from .helpers import NOW, make_user
 
@@ -77,6 +77,16 @@ def test_acceptance_first_sight_unchanged_and_growth() -> None:
     v4 = v3.successor(user.master, v1.statement.devices, NOW + 7)
     jump = check_device_list(v4, user_id="erin", pinned_master_pk=None, last_seen=v2, now_ms=NOW)
     assert jump.added == (removed,)
+
+
+def test_primary_re_signs_weekly() -> None:
+    user = make_user("erin", seed=28)
+    assert not user.device_list.needs_resign(NOW + DEVICE_LIST_RESIGN_MS - 1)
+    assert user.device_list.needs_resign(NOW + DEVICE_LIST_RESIGN_MS)
+    again = user.device_list.successor(
+        user.master, user.device_list.statement.devices, NOW + DEVICE_LIST_RESIGN_MS
+    )
+    assert not again.needs_resign(NOW + DEVICE_LIST_RESIGN_MS)
 
 
 def test_wrong_user_and_master_key_change() -> None:
