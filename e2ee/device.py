@@ -383,7 +383,8 @@ class OurPreKeys:
                 row = cbor.expect_list(item, "held prekey", 5)
                 kind_value, prekey_id, secret, created, superseded = row
                 if (
-                    kind_value not in (1, 2, 3, 4)
+                    type(kind_value) is not int
+                    or kind_value not in (1, 2, 3, 4)
                     or type(prekey_id) is not int
                     or not isinstance(secret, bytes)
                     or type(created) is not int

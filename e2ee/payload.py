@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 
 from . import cbor
 from .errors import DecodeError, InvalidArgument, LimitExceeded, UntrustedIdentity
@@ -63,7 +63,7 @@ class SyncSent:
     destination_user: str
     original_id: bytes
     original_type: PayloadType
-    original_body: str | bytes = field(repr=False)
+    original_body: str | bytes | AttachmentRef = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ def _body_value(payload_type: PayloadType, body: Body) -> cbor.Value:
             0: body.destination_user,
             1: body.original_id,
             2: int(body.original_type),
-            3: body.original_body,
+            3: _body_value(body.original_type, body.original_body),
         }
     if isinstance(body, RetryRequest):
         return {0: body.client_msg_id, 1: body.device_id, 2: body.ratchet_pk, 3: body.counter}
@@ -144,9 +144,8 @@ def _body_from(payload_type: PayloadType, value: cbor.Value) -> Body:
         original_type = cbor.field_int(m, 2, "original type", 1, 6)
         if original_type not in (PayloadType.TEXT, PayloadType.BYTES, PayloadType.ATTACHMENT):
             raise DecodeError("sync_sent: unsupported original type")
-        original = m[3]
-        if not isinstance(original, str | bytes):
-            raise DecodeError("sync_sent: original body is neither text nor bytes")
+        # Text, bytes or an attachment, as the original type (checked above) says.
+        original = cast("str | bytes | AttachmentRef", _body_from(PayloadType(original_type), m[3]))
         return SyncSent(
             check_user_id(m[0]),
             cbor.field_bytes(m, 1, "original id", size=_ID_SIZE),
@@ -258,6 +257,8 @@ class Payload:
         padding = cbor.field_bytes(m, 5, "padding", max_size=MAX_PLAINTEXT)
         if padding.count(0) != len(padding):
             raise DecodeError("payload padding is not zero")
+        if len(padding) != _padding_for(len(data) - len(padding) - _head_extra(len(padding))):
+            raise DecodeError("payload padding is not the smallest that fills the block")
         try:
             payload_type = PayloadType(raw_type)
         except ValueError:
