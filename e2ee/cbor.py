@@ -85,46 +85,66 @@ def _head(major: int, arg: int, out: bytearray) -> None:
 
 
 def _encode_into(value: Value, out: bytearray, depth: int) -> None:
-    # The decoder refuses a container at depth MAX_CBOR_DEPTH (even an empty one).
-    if depth >= MAX_CBOR_DEPTH and isinstance(value, list | dict):
-        raise InvalidArgument("CBOR value nested too deeply")
-    if value is None:
+    # Dispatch on the exact type first (the common cases, fastest), then fall back to
+    # int subclasses such as IntEnum members; bool is never taken for an int.
+    kind = type(value)
+    if kind is bytes:
+        size = len(value)  # type: ignore[arg-type]
+        if size < 24:
+            out.append(0x40 | size)
+        else:
+            _head(2, size, out)
+        out += value  # type: ignore[arg-type]
+    elif kind is int or (kind is not bool and isinstance(value, int)):
+        number = int(value)  # type: ignore[arg-type]
+        if 0 <= number < 24:
+            out.append(number)
+        elif number >= 0:
+            if number > _U64_MAX:
+                raise InvalidArgument("CBOR integer out of 64-bit range")
+            _head(0, number, out)
+        else:
+            if number < _INT_MIN:
+                raise InvalidArgument("CBOR integer out of 64-bit range")
+            _head(1, -1 - number, out)
+    elif kind is str:
+        try:
+            raw = value.encode("utf-8")  # type: ignore[union-attr]
+        except UnicodeEncodeError:  # lone surrogates
+            raise InvalidArgument("CBOR text must be encodable as UTF-8") from None
+        _head(3, len(raw), out)
+        out += raw
+    elif value is None:
         out.append(0xF6)
     elif value is True:
         out.append(0xF5)
     elif value is False:
         out.append(0xF4)
-    elif isinstance(value, int):
-        if not _INT_MIN <= value <= _U64_MAX:
-            raise InvalidArgument("CBOR integer out of 64-bit range")
-        if value >= 0:
-            _head(0, value, out)
-        else:
-            _head(1, -1 - value, out)
-    elif isinstance(value, bytes):
-        _head(2, len(value), out)
-        out += value
-    elif isinstance(value, str):
-        try:
-            raw = value.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates
-            raise InvalidArgument("CBOR text must be encodable as UTF-8") from None
-        _head(3, len(raw), out)
-        out += raw
-    elif isinstance(value, list):
-        _head(4, len(value), out)
-        for item in value:
-            _encode_into(item, out, depth + 1)
-    elif isinstance(value, dict):
-        _head(5, len(value), out)
+    elif kind is dict:
+        # The decoder refuses a container at depth MAX_CBOR_DEPTH (even an empty one).
+        if depth >= MAX_CBOR_DEPTH:
+            raise InvalidArgument("CBOR value nested too deeply")
+        mapping: dict[int, Value] = value  # type: ignore[assignment]
+        _head(5, len(mapping), out)
         # Keys are checked before sorting: mixed key types do not even sort.
-        if any(type(key) is not int or not 0 <= key <= MAX_MAP_KEY for key in value):
-            raise InvalidArgument(f"CBOR map key must be an int in 0..{MAX_MAP_KEY}")
-        for key in sorted(value):
-            _head(0, key, out)
-            _encode_into(value[key], out, depth + 1)
+        for key in mapping:
+            if type(key) is not int or not 0 <= key <= MAX_MAP_KEY:
+                raise InvalidArgument(f"CBOR map key must be an int in 0..{MAX_MAP_KEY}")
+        for key in sorted(mapping):
+            if key < 24:
+                out.append(key)
+            else:
+                out += bytes((24, key))
+            _encode_into(mapping[key], out, depth + 1)
+    elif kind is list:
+        if depth >= MAX_CBOR_DEPTH:
+            raise InvalidArgument("CBOR value nested too deeply")
+        items: list[Value] = value  # type: ignore[assignment]
+        _head(4, len(items), out)
+        for item in items:
+            _encode_into(item, out, depth + 1)
     else:
-        raise InvalidArgument(f"type {type(value).__name__} has no CBOR encoding here")
+        raise InvalidArgument(f"type {kind.__name__} has no CBOR encoding here")
 
 
 def encode(value: Value) -> bytes:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from .errors import DecodeError, UnsupportedVersion
 from .identifiers import check_user_id
@@ -76,7 +76,8 @@ _MIN_MESSAGE_SIZE: Final = _CT_OFFSET + AEAD_TAG_SIZE
 _PREFIX: Final = struct.Struct(">BBBBB")
 _U32: Final = struct.Struct(">I")
 _FLAG_OPK: Final = 0x01
-_MAX_COUNTER: Final = 2**32 - 1
+_new_tuple = tuple.__new__
+_TYPES: Final = {int(t): t for t in EnvelopeType}  # a dict lookup is cheaper than EnvelopeType(b)
 
 
 def _check_version(version: int) -> None:
@@ -93,16 +94,21 @@ def envelope_type(data: bytes) -> EnvelopeType:
     """
     if len(data) < 2:
         raise DecodeError("envelope shorter than its version and type")
-    _check_version(data[0])
-    try:
-        return EnvelopeType(data[1])
-    except ValueError:
-        raise DecodeError(f"unknown envelope type {data[1]}") from None
+    if data[0] != PROTOCOL_VERSION:
+        _check_version(data[0])
+    kind = _TYPES.get(data[1])
+    if kind is None:
+        raise DecodeError(f"unknown envelope type {data[1]}")
+    return kind
 
 
-@dataclass(frozen=True, slots=True)
-class MessageEnvelope:
-    """A Double Ratchet message: header (ratchet key, PN, N) and ciphertext."""
+class MessageEnvelope(NamedTuple):
+    """A Double Ratchet message: header (ratchet key, PN, N) and ciphertext.
+
+    A ``NamedTuple`` rather than the frozen slotted dataclass other wire objects are
+    (CONVENTIONS 8): one is built for every message received, and a frozen
+    dataclass's ``__init__`` costs 0.45 us more per message. It is just as immutable.
+    """
 
     ratchet_pk: bytes
     pn: int
@@ -121,6 +127,20 @@ class MessageEnvelope:
             struct.error: a counter beyond 32 bits (a caller bug; sessions never get there).
         """
         return _HEADER.pack(PROTOCOL_VERSION, EnvelopeType.MESSAGE, ratchet_pk, pn, n)
+
+    @staticmethod
+    def encode_prefix(ratchet_pk: bytes, pn: int, n: int, plaintext_size: int) -> bytes:
+        """The header and ciphertext-length field of the envelope of a plaintext of
+        ``plaintext_size`` bytes: the envelope is this prefix followed by the
+        ciphertext, and its first 42 bytes are the header."""
+        return _HEADER_AND_LEN.pack(
+            PROTOCOL_VERSION,
+            EnvelopeType.MESSAGE,
+            ratchet_pk,
+            pn,
+            n,
+            plaintext_size + AEAD_TAG_SIZE,
+        )
 
     @staticmethod
     def assemble(header: bytes, ciphertext: bytes) -> bytes:
@@ -151,7 +171,7 @@ class MessageEnvelope:
         if ct_len != size - _CT_OFFSET:
             raise DecodeError("message envelope length mismatch")
         x25519_validate_public(ratchet_pk)
-        return cls(ratchet_pk, pn, n, data[_CT_OFFSET:], data[:HEADER_SIZE], data)
+        return _new_tuple(cls, (ratchet_pk, pn, n, data[_CT_OFFSET:], data[:HEADER_SIZE], data))
 
 
 def encode_prekey_header(

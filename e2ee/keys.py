@@ -16,14 +16,13 @@ from .primitives import (
     ED25519_SEED_SIZE,
     MLKEM768_SEED_SIZE,
     X25519_KEY_SIZE,
+    MLKEM768PrivateKey,
     Rng,
     constant_time_equal,
     default_rng,
     ed25519_keypair_from_seed,
     ed25519_sign,
     ed25519_verify,
-    mlkem768_decapsulate,
-    mlkem768_public_from_seed,
     x25519,
     x25519_public_from_private,
 )
@@ -144,7 +143,7 @@ class DHKeyPair:
 class KEMKeyPair:
     """An ML-KEM-768 key pair, kept as its 64-byte seed."""
 
-    __slots__ = ("_seed", "public_key")
+    __slots__ = ("_private", "_seed", "public_key")
 
     def __init__(self, seed: bytes) -> None:
         """Build from a 64-byte seed ``d || z`` (FIPS 203).
@@ -152,7 +151,8 @@ class KEMKeyPair:
         Raises:
             InvalidArgument: the seed is not 64 bytes.
         """
-        self.public_key = mlkem768_public_from_seed(seed)
+        self._private = MLKEM768PrivateKey(seed)
+        self.public_key = self._private.public_key
         self._seed = bytes(seed)
 
     @classmethod
@@ -170,7 +170,7 @@ class KEMKeyPair:
         Raises:
             InvalidKey: the ciphertext is not 1088 bytes.
         """
-        return mlkem768_decapsulate(self._seed, ciphertext)
+        return self._private.decapsulate(ciphertext)
 
     def __repr__(self) -> str:
         return f"KEMKeyPair(public_key={_short(self.public_key)}...)"

@@ -44,6 +44,7 @@ __all__ = [
     "MLKEM768_SEED_SIZE",
     "MLKEM768_SHARED_SECRET_SIZE",
     "X25519_KEY_SIZE",
+    "MLKEM768PrivateKey",
     "Rng",
     "aead_decrypt",
     "aead_encrypt",
@@ -105,8 +106,10 @@ _X25519_SMALL_ORDER_U: Final = frozenset(
 _ZERO32: Final = bytes(32)
 _HASH_LEN: Final = 32
 
-_scalarmult = _sodium.crypto_scalarmult
-_scalarmult_base = _sodium.crypto_scalarmult_base
+# X25519 too goes straight to libsodium through PyNaCl's cffi binding: PyNaCl's
+# Python-level wrapper adds about 2 us of argument checks to every call.
+_scalarmult_c = _lib.crypto_scalarmult
+_scalarmult_base_c = _lib.crypto_scalarmult_base
 # XChaCha20-Poly1305 is on every message's hot path. PyNaCl's Python-level wrapper
 # re-checks every argument with eagerly formatted messages (about 2-3 us a call);
 # the wrappers below check lengths once and call the same libsodium functions through
@@ -117,7 +120,7 @@ _ffi_new = _ffi.new
 _ffi_buffer = _ffi.buffer
 _NULL = _ffi.NULL
 _AEAD_MAX_MESSAGE: Final = _sodium.crypto_aead_xchacha20poly1305_ietf_MESSAGEBYTES_MAX
-_hmac_new = hmac.new
+_hmac_digest = hmac.digest  # one-shot, in C: about 1 us cheaper per call than new().digest()
 _sha256 = hashlib.sha256
 _blake2b = hashlib.blake2b
 
@@ -142,7 +145,7 @@ def sha512(data: bytes) -> bytes:
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA-256 (RFC 2104) of ``data`` under ``key``."""
-    return _hmac_new(key, data, _sha256).digest()
+    return _hmac_digest(key, data, "sha256")
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
@@ -155,13 +158,13 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
     """
     if not 0 < length <= 255 * _HASH_LEN:
         raise InvalidArgument(f"HKDF-SHA-256 output length must be 1..{255 * _HASH_LEN}")
-    prk = _hmac_new(salt or bytes(_HASH_LEN), ikm, _sha256).digest()
+    prk = _hmac_digest(salt or bytes(_HASH_LEN), ikm, "sha256")
     if length <= _HASH_LEN:  # the common case: one block
-        return _hmac_new(prk, info + b"\x01", _sha256).digest()[:length]
+        return _hmac_digest(prk, info + b"\x01", "sha256")[:length]
     blocks: list[bytes] = []
     previous = b""
     for counter in range(1, -(-length // _HASH_LEN) + 1):
-        previous = _hmac_new(prk, previous + info + bytes((counter,)), _sha256).digest()
+        previous = _hmac_digest(prk, previous + info + bytes((counter,)), "sha256")
         blocks.append(previous)
     return b"".join(blocks)[:length]
 
@@ -193,7 +196,10 @@ def x25519_public_from_private(private_key: bytes) -> bytes:
         InvalidArgument: the private key is not 32 bytes.
     """
     _require_len("X25519 private key", private_key, X25519_KEY_SIZE)
-    return _scalarmult_base(private_key)
+    out = _ffi_new("unsigned char[]", X25519_KEY_SIZE)
+    _scalarmult_base_c(out, private_key)
+    public_key: bytes = _ffi_buffer(out, X25519_KEY_SIZE)[:]
+    return public_key
 
 
 def x25519_validate_public(public_key: bytes) -> bytes:
@@ -225,11 +231,11 @@ def x25519(private_key: bytes, public_key: bytes) -> bytes:
     """
     if len(private_key) != X25519_KEY_SIZE or len(public_key) != X25519_KEY_SIZE:
         raise InvalidArgument("X25519 keys must be 32 bytes")
-    try:
-        shared = _scalarmult(private_key, public_key)
-    except _nacl_exc.RuntimeError as exc:
+    out = _ffi_new("unsigned char[]", X25519_KEY_SIZE)
+    if _scalarmult_c(out, private_key, public_key):
         # libsodium refuses a blocklist of small-order inputs and an all-zero result.
-        raise LowOrderPoint("X25519 produced the all-zero output") from exc
+        raise LowOrderPoint("X25519 produced the all-zero output")
+    shared: bytes = _ffi_buffer(out, X25519_KEY_SIZE)[:]
     if shared == _ZERO32:  # pragma: no cover - libsodium already refuses this case
         raise LowOrderPoint("X25519 produced the all-zero output")
     return shared
@@ -360,8 +366,7 @@ def mlkem768_public_from_seed(seed: bytes) -> bytes:
     Raises:
         InvalidArgument: the seed is not 64 bytes.
     """
-    _require_len("ML-KEM-768 seed", seed, MLKEM768_SEED_SIZE)
-    return _mlkem.MLKEM768PrivateKey.from_seed_bytes(seed).public_key().public_bytes_raw()
+    return MLKEM768PrivateKey(seed).public_key
 
 
 def mlkem768_validate_public(public_key: bytes) -> bytes:
@@ -398,6 +403,37 @@ def mlkem768_encapsulate(public_key: bytes) -> tuple[bytes, bytes]:
     return shared_secret, ciphertext
 
 
+class MLKEM768PrivateKey:
+    """An ML-KEM-768 decapsulation key expanded once from its 64-byte seed ``d || z``
+    (expanding costs about 65 us; keep the object to decapsulate repeatedly)."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        """Expand ``seed``.
+
+        Raises:
+            InvalidArgument: the seed is not 64 bytes.
+        """
+        _require_len("ML-KEM-768 seed", seed, MLKEM768_SEED_SIZE)
+        self._key = _mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
+        self.public_key: bytes = self._key.public_key().public_bytes_raw()
+
+    def decapsulate(self, ciphertext: bytes) -> bytes:
+        """The 32-byte shared secret of ``ciphertext`` (implicit rejection, FIPS 203).
+
+        Raises:
+            InvalidKey: the ciphertext is not 1088 bytes.
+        """
+        if len(ciphertext) != MLKEM768_CIPHERTEXT_SIZE:
+            raise InvalidKey(f"ML-KEM-768 ciphertext must be 1088 bytes, got {len(ciphertext)}")
+        secret: bytes = self._key.decapsulate(ciphertext)
+        return secret
+
+    def __repr__(self) -> str:
+        return f"MLKEM768PrivateKey(public_key={self.public_key[:8].hex()}...)"
+
+
 def mlkem768_decapsulate(seed: bytes, ciphertext: bytes) -> bytes:
     """Decapsulate an ML-KEM-768 ciphertext with the key of a 64-byte seed.
 
@@ -408,11 +444,7 @@ def mlkem768_decapsulate(seed: bytes, ciphertext: bytes) -> bytes:
         InvalidArgument: the seed is not 64 bytes.
         DecodeError: the ciphertext is not 1088 bytes (``InvalidKey`` subclass of it).
     """
-    _require_len("ML-KEM-768 seed", seed, MLKEM768_SEED_SIZE)
-    if len(ciphertext) != MLKEM768_CIPHERTEXT_SIZE:
-        raise InvalidKey(f"ML-KEM-768 ciphertext must be 1088 bytes, got {len(ciphertext)}")
-    secret: bytes = _mlkem.MLKEM768PrivateKey.from_seed_bytes(seed).decapsulate(ciphertext)
-    return secret
+    return MLKEM768PrivateKey(seed).decapsulate(ciphertext)
 
 
 # --- Argon2id (libsodium) ---------------------------------------------------------------

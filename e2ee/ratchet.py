@@ -17,9 +17,11 @@ unchanged. Limits (``MAX_SKIP`` and friends) are checked before any DH or KDF.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from typing import Final
 
 from . import cbor
+from .envelope import HEADER_SIZE as _HEADER_SIZE
 from .envelope import MessageEnvelope
 from .errors import (
     CorruptState,
@@ -132,8 +134,8 @@ class RatchetState:
         send_n: int = 0,
         prev_n: int = 0,
         receiving: list[_Chain] | None = None,
-        skipped: dict[tuple[bytes, int], tuple[bytes, int]] | None = None,
-        seen: dict[bytes, None] | None = None,
+        skipped: OrderedDict[tuple[bytes, int], tuple[bytes, int]] | None = None,
+        seen: OrderedDict[bytes, None] | None = None,
     ) -> None:
         self.session_ad = session_ad
         self.initiator = initiator
@@ -144,10 +146,13 @@ class RatchetState:
         self.send_n = send_n
         self.prev_n = prev_n
         self.receiving: list[_Chain] = receiving if receiving is not None else []
-        # (ratchet_pk, n) -> (message_key, stored_at_ms), oldest first.
-        self.skipped: dict[tuple[bytes, int], tuple[bytes, int]] = skipped or {}
+        # (ratchet_pk, n) -> (message_key, stored_at_ms), oldest first. OrderedDicts:
+        # evicting the oldest of a plain dict used as a queue scans its deleted slots.
+        self.skipped: OrderedDict[tuple[bytes, int], tuple[bytes, int]] = (
+            skipped if skipped is not None else OrderedDict()
+        )
         # BLAKE2b-128 digests of decrypted envelopes, oldest first.
-        self.seen: dict[bytes, None] = seen or {}
+        self.seen: OrderedDict[bytes, None] = seen if seen is not None else OrderedDict()
         out, into = (
             (DIRECTION_INITIATOR, DIRECTION_RESPONDER)
             if initiator
@@ -216,19 +221,25 @@ class RatchetState:
         if self.send_n >= 0xFFFFFFFF:  # pragma: no cover - 2^32 messages in one chain
             raise LimitExceeded("sending chain exhausted")
         message_key = _blake2b(_CK_MSG, key=chain_key, digest_size=32).digest()
-        header = MessageEnvelope.encode_header(
-            self.our_ratchet.public_key, self.prev_n, self.send_n
+        # Header and ciphertext length in one pack: the length is known in advance.
+        prefix = MessageEnvelope.encode_prefix(
+            self.our_ratchet.public_key, self.prev_n, self.send_n, len(plaintext)
         )
         material = _blake2b(_MESSAGE_LABEL, key=message_key, digest_size=56).digest()
-        ciphertext = aead_encrypt(material[:32], material[32:], plaintext, self._ad_out + header)
+        ciphertext = aead_encrypt(
+            material[:32], material[32:], plaintext, self._ad_out + prefix[:_HEADER_SIZE]
+        )
         self.send_ck = _blake2b(_CK_NEXT, key=chain_key, digest_size=32).digest()
         self.send_n += 1
-        return MessageEnvelope.assemble(header, ciphertext)
+        return prefix + ciphertext
 
     # --- decryption ------------------------------------------------------------------
 
     def _chain(self, ratchet_pk: bytes) -> _Chain | None:
-        for chain in reversed(self.receiving):
+        receiving = self.receiving
+        if receiving and receiving[-1].ratchet_pk == ratchet_pk:  # the current chain
+            return receiving[-1]
+        for chain in reversed(receiving):
             if chain.ratchet_pk == ratchet_pk:
                 return chain
         return None
@@ -255,7 +266,7 @@ class RatchetState:
         ratchet_pk = envelope.ratchet_pk
         n = envelope.n
         ad = self._ad_in + envelope.header
-        stored = self.skipped.get((ratchet_pk, n))
+        stored = self.skipped.get((ratchet_pk, n)) if self.skipped else None
         if stored is not None:
             message_key, stored_at = stored
             if now_ms - stored_at > SKIPPED_KEY_MAX_AGE_MS:
@@ -266,14 +277,21 @@ class RatchetState:
             return plaintext
         chain = self._chain(ratchet_pk)
         if chain is not None:
-            if n < chain.next_n or not chain.chain_key:
+            chain_key = chain.chain_key
+            if n < chain.next_n or not chain_key:
                 raise MessageKeyUnavailable("message key already used or discarded")
+            if n == chain.next_n:  # the common case: the next message in order
+                message_key = _blake2b(_CK_MSG, key=chain_key, digest_size=32).digest()
+                material = _blake2b(_MESSAGE_LABEL, key=message_key, digest_size=56).digest()
+                plaintext = aead_decrypt(material[:32], material[32:], envelope.ciphertext, ad)
+                chain.chain_key = _blake2b(_CK_NEXT, key=chain_key, digest_size=32).digest()
+                chain.next_n = n + 1
+                self._remember(digest)
+                return plaintext
             skip = n - chain.next_n
             if skip > MAX_SKIP:
                 raise TooManySkippedMessages(skip, MAX_SKIP)
-            new_skipped, message_key, chain_key = _advance(
-                ratchet_pk, chain.chain_key, chain.next_n, n
-            )
+            new_skipped, message_key, chain_key = _advance(ratchet_pk, chain_key, chain.next_n, n)
             plaintext = self._open(message_key, envelope.ciphertext, ad)
             chain.chain_key = chain_key
             chain.next_n = n + 1
@@ -309,7 +327,7 @@ class RatchetState:
         self.receiving.append(_Chain(envelope.ratchet_pk, recv_ck, n + 1))
         if len(self.receiving) > MAX_RECEIVING_CHAINS:
             dropped = self.receiving.pop(0).ratchet_pk
-            self.skipped = {k: v for k, v in self.skipped.items() if k[0] != dropped}
+            self.skipped = OrderedDict((k, v) for k, v in self.skipped.items() if k[0] != dropped)
         self.root_key = root_key
         self.their_ratchet_pk = envelope.ratchet_pk
         self.our_ratchet = ours
@@ -331,25 +349,23 @@ class RatchetState:
         skipped = self.skipped
         for key, message_key in entries:
             skipped[key] = (message_key, now_ms)
-        excess = len(skipped) - MAX_STORED_SKIPPED
-        if excess > 0:
-            for key in list(skipped)[:excess]:
-                del skipped[key]
+        while len(skipped) > MAX_STORED_SKIPPED:
+            skipped.popitem(last=False)
 
     def _remember(self, digest: bytes) -> None:
         seen = self.seen
         seen[digest] = None
         if len(seen) > MAX_SEEN_DIGESTS:
-            del seen[next(iter(seen))]
+            seen.popitem(last=False)
 
     # --- upkeep ----------------------------------------------------------------------
 
     def expire(self, now_ms: int) -> int:
         """Delete skipped keys older than 30 days; returns how many were deleted."""
         before = len(self.skipped)
-        self.skipped = {
-            k: v for k, v in self.skipped.items() if now_ms - v[1] <= SKIPPED_KEY_MAX_AGE_MS
-        }
+        self.skipped = OrderedDict(
+            (k, v) for k, v in self.skipped.items() if now_ms - v[1] <= SKIPPED_KEY_MAX_AGE_MS
+        )
         return before - len(self.skipped)
 
     # --- serialization (versioned; never pickle) ------------------------------------------
@@ -385,11 +401,11 @@ class RatchetState:
             receiving = [
                 _Chain(*_triple(c)) for c in cbor.field_list(m, 9, "chains", MAX_RECEIVING_CHAINS)
             ]
-            skipped: dict[tuple[bytes, int], tuple[bytes, int]] = {}
+            skipped: OrderedDict[tuple[bytes, int], tuple[bytes, int]] = OrderedDict()
             for item in cbor.field_list(m, 10, "skipped", MAX_STORED_SKIPPED):
                 pk, n, mk, at = _quad(item)
                 skipped[(pk, n)] = (mk, at)
-            seen: dict[bytes, None] = {}
+            seen: OrderedDict[bytes, None] = OrderedDict()
             for digest in cbor.field_list(m, 11, "seen", MAX_SEEN_DIGESTS):
                 if not isinstance(digest, bytes) or len(digest) != 16:
                     raise DecodeError("seen digest")

@@ -14,8 +14,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from . import cbor
 from .device import OurDevice, OurPreKeys, PreKeyUse
@@ -218,17 +217,15 @@ class SessionRecord:
         Raises:
             DecryptionError: no session decrypts it (the most specific failure).
         """
+        if len(self.sessions) == 1:  # the common case: nothing to choose or promote
+            return self.sessions[0].decrypt(envelope, now_ms, rng)
         ratchet_pk = envelope.ratchet_pk
-        ordered = self.sessions
-        if len(ordered) > 1:
-            ordered = sorted(
-                ordered,
-                key=lambda s: (
-                    not (
-                        s.ratchet.knows(ratchet_pk) or (ratchet_pk, envelope.n) in s.ratchet.skipped
-                    )
-                ),
-            )
+        ordered = sorted(
+            self.sessions,
+            key=lambda s: (
+                not (s.ratchet.knows(ratchet_pk) or (ratchet_pk, envelope.n) in s.ratchet.skipped)
+            ),
+        )
         failures: list[E2EEError] = []
         for session in ordered:
             try:
@@ -330,9 +327,9 @@ def start_session(
     return record
 
 
-@dataclass(frozen=True, slots=True)
-class Decrypted:
-    """The result of :func:`decrypt`."""
+class Decrypted(NamedTuple):
+    """The result of :func:`decrypt` (a ``NamedTuple``: one per message received, and
+    cheaper to build than a frozen dataclass)."""
 
     plaintext: bytes
     record: SessionRecord
