@@ -186,7 +186,7 @@ class OurPreKeys:
 
     def _new_id(self) -> int:
         prekey_id = self.next_id
-        if prekey_id > PREKEY_ID_MAX:  # pragma: no cover - 2^32 prekeys per device
+        if prekey_id > PREKEY_ID_MAX:
             raise InvalidArgument("prekey ids exhausted")
         self.next_id = prekey_id + 1
         return prekey_id
@@ -414,13 +414,13 @@ class OurPreKeys:
 
 def _dh(held: _Held) -> DHKeyPair:
     key = held.key
-    if not isinstance(key, DHKeyPair):  # pragma: no cover - kinds are typed at insertion
+    if not isinstance(key, DHKeyPair):
         raise CorruptState("prekey of the wrong kind")
     return key
 
 
 def _kem(held: _Held) -> KEMKeyPair:
     key = held.key
-    if not isinstance(key, KEMKeyPair):  # pragma: no cover - kinds are typed at insertion
+    if not isinstance(key, KEMKeyPair):
         raise CorruptState("prekey of the wrong kind")
     return key

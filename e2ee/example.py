@@ -88,8 +88,7 @@ def run_example(out: list[str]) -> None:
     first = alice_sessions.encrypt(_text("hello bob, this is end-to-end encrypted", now), now)
     out.append(f"alice -> bob: pre-key envelope of {len(first)} bytes")
     result = decrypt(bob.device, bob.prekeys, None, alice_device, first, now + 1_000)
-    if result.prekey_use is not None:
-        bob.prekeys.commit_use(result.prekey_use)
+    result.commit_prekeys(bob.prekeys)
     bob_sessions: SessionRecord = result.record
     payload = Payload.from_bytes(result.plaintext, from_own_device=False)
     out.append(f"bob decrypted: {payload.body!r} (sent at {payload.sender_ts_ms})")

@@ -218,7 +218,7 @@ class RatchetState:
         chain_key = self.send_ck
         if chain_key is None:
             raise InvalidArgument("no sending chain: the responder must receive first")
-        if self.send_n >= 0xFFFFFFFF:  # pragma: no cover - 2^32 messages in one chain
+        if self.send_n >= 0xFFFFFFFF:  # the header counter is 32 bits
             raise LimitExceeded("sending chain exhausted")
         message_key = _blake2b(_CK_MSG, key=chain_key, digest_size=32).digest()
         # Header and ciphertext length in one pack: the length is known in advance.

@@ -340,6 +340,12 @@ class Decrypted(NamedTuple):
     no_one_time_prekey: bool
     """The new session used no one-time prekey (a security event for the app)."""
 
+    def commit_prekeys(self, prekeys: OurPreKeys) -> None:
+        """Apply what this message consumed of ``prekeys`` (nothing unless it created
+        a session); call it in the transaction that stores :attr:`record`."""
+        if self.prekey_use is not None:
+            prekeys.commit_use(self.prekey_use)
+
     def __repr__(self) -> str:
         return f"Decrypted({len(self.plaintext)} bytes, new_session={self.new_session})"
 

@@ -158,3 +158,24 @@ def test_prekey_state_corruption_is_typed(mutate) -> None:  # type: ignore[no-un
     mutate(value)
     with pytest.raises(CorruptState):
         OurPreKeys.from_bytes(cbor.encode(value))
+
+
+def test_exhausted_prekey_ids_and_mismatched_kinds_are_refused() -> None:
+    device = _device()
+    prekeys = OurPreKeys()
+    prekeys.next_id = 2**32
+    with pytest.raises(InvalidArgument):
+        prekeys.rotate_signed_prekey(device, NOW)
+    # State whose kinds do not match their keys (only reachable by tampering).
+    prekeys = OurPreKeys()
+    spk = prekeys.rotate_signed_prekey(device, NOW)
+    kem = prekeys.one_time_batch(device, NOW, kem=True, count=1)[0]
+    held = prekeys._held
+    held[PreKeyKind.SIGNED][spk.prekey_id], held[PreKeyKind.KEM][kem.prekey_id] = (
+        held[PreKeyKind.KEM][kem.prekey_id],
+        held[PreKeyKind.SIGNED][spk.prekey_id],
+    )
+    with pytest.raises(CorruptState):
+        prekeys.signed_prekey(spk.prekey_id)
+    with pytest.raises(CorruptState):
+        prekeys.kem_prekey(kem.prekey_id)

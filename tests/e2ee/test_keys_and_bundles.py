@@ -13,6 +13,7 @@ from e2ee.example import ExampleCommand, command, run_example
 from e2ee.keys import DHKeyPair, KEMKeyPair, SigningKeyPair, signed_message, verify_statement
 from e2ee.labels import Label
 from e2ee.prekeys import PreKeyBundle, PreKeyKind, SignedPublicPreKey
+from e2ee.primitives import MLKEM768PrivateKey
 from e2ee.ratchet import RatchetState, kdf_ck, message_key_material
 from e2ee.session import decrypt, start_session
 from e2ee.x3dh import initiate, respond
@@ -31,6 +32,8 @@ def test_key_pairs_compare_in_constant_time_and_hash_by_public_key() -> None:
     assert hash(dh) == hash(dh.public_key)
     kem = KEMKeyPair.generate(rng)
     assert kem == KEMKeyPair(kem.seed()) and hash(kem) == hash(kem.public_key)
+    expanded = MLKEM768PrivateKey(kem.seed())
+    assert repr(expanded) == f"MLKEM768PrivateKey(public_key={kem.public_key[:8].hex()}...)"
     assert kem != KEMKeyPair.generate(rng)
     for a in (SigningKeyPair(seed), dh, kem):
         assert a.__eq__(object()) is NotImplemented

@@ -11,6 +11,7 @@ from e2ee.envelope import MessageEnvelope, PreKeyEnvelope
 from e2ee.errors import (
     CorruptState,
     DecryptionError,
+    DuplicateMessage,
     InvalidArgument,
     LimitExceeded,
     MessageKeyUnavailable,
@@ -22,6 +23,7 @@ from e2ee.limits import (
     ARCHIVED_SESSION_IDLE_MS,
     MAX_PLAINTEXT,
     MAX_RECEIVING_CHAINS,
+    MAX_SEEN_DIGESTS,
     MAX_SESSIONS_PER_DEVICE,
     MAX_STORED_SKIPPED,
     SKIPPED_KEY_MAX_AGE_MS,
@@ -49,8 +51,7 @@ class Pair:
         result = decrypt(
             b.device, b.prekeys, getattr(self, "b", None), self.alice.peer(), envelope, now
         )
-        if result.prekey_use is not None:
-            b.prekeys.commit_use(result.prekey_use)
+        result.commit_prekeys(b.prekeys)
         return result
 
     def to_alice(self, envelope: bytes, now: int = NOW):  # type: ignore[no-untyped-def]
@@ -239,3 +240,70 @@ def test_state_round_trips_and_corruption_is_typed() -> None:
     with pytest.raises(CorruptState):
         RatchetState.from_bytes(b"\xff")
     assert RatchetState.from_bytes(cbor.encode(ratchet_value)).to_value() == ratchet_value
+
+
+def test_failures_across_several_sessions_report_the_most_specific() -> None:
+    pair = Pair()
+    pair.a = start_session(
+        pair.alice.devices[0].device, pair.bob.peer(), pair.bob.devices[0].bundle(), pair.a, NOW
+    )
+    pair.to_bob(pair.a.encrypt(b"second session", NOW))
+    pair.to_alice(pair.b.encrypt(b"ack", NOW))  # plain message envelopes from here on
+    assert len(pair.b.sessions) == 2
+    message = pair.a.encrypt(b"again", NOW)
+    pair.to_bob(message)
+    with pytest.raises(DuplicateMessage):  # one session says duplicate, the other fails
+        pair.to_bob(message)
+    tampered = bytearray(pair.a.encrypt(b"tampered", NOW))
+    tampered[-1] ^= 1
+    before = pair.b.to_bytes()
+    with pytest.raises(DecryptionError) as caught:
+        pair.to_bob(bytes(tampered))
+    assert type(caught.value) is DecryptionError
+    assert pair.b.to_bytes() == before
+    empty = SessionRecord()
+    with pytest.raises(DecryptionError):
+        empty.decrypt_message(MessageEnvelope.from_bytes(pair.a.encrypt(b"x", NOW)), NOW)
+
+
+def test_duplicate_window_forgets_the_oldest_digest() -> None:
+    pair = Pair()
+    first = pair.a.encrypt(b"first", NOW)
+    pair.to_bob(first)
+    for _ in range(MAX_SEEN_DIGESTS):
+        pair.to_bob(pair.a.encrypt(b"more", NOW))
+    session = pair.b.active
+    assert session is not None and len(session.ratchet.seen) == MAX_SEEN_DIGESTS
+    with pytest.raises(MessageKeyUnavailable):  # no longer known as a duplicate
+        pair.to_bob(first)
+
+
+def test_existing_session_messages_commit_no_prekeys() -> None:
+    pair = Pair()
+    prekeys = pair.bob.devices[0].prekeys
+    before = prekeys.to_bytes()
+    result = pair.to_bob(pair.a.encrypt(b"plain", NOW))
+    assert result.prekey_use is None
+    result.commit_prekeys(prekeys)
+    assert prekeys.to_bytes() == before
+
+
+def test_an_old_chain_message_whose_key_was_used_is_unavailable() -> None:
+    pair = Pair()
+    old = pair.a.encrypt(b"on the first chain", NOW)
+    pair.to_bob(old)
+    pair.to_alice(pair.b.encrypt(b"turn", NOW))
+    pair.to_bob(pair.a.encrypt(b"on the next chain", NOW))
+    forged = bytearray(old)
+    forged[-1] ^= 1  # not a duplicate (other bytes), and its key is gone
+    with pytest.raises(MessageKeyUnavailable):
+        pair.to_bob(bytes(forged))
+
+
+def test_a_sending_chain_stops_at_the_32_bit_counter() -> None:
+    pair = Pair()
+    session = pair.a.active
+    assert session is not None
+    session.ratchet.send_n = 0xFFFFFFFF
+    with pytest.raises(LimitExceeded):
+        pair.a.encrypt(b"one too many", NOW)
