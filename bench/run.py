@@ -867,11 +867,13 @@ _X3DH_SETUP = {
     # initiator: PreKeyBundle.from_bytes, validate_bundle, X3DH, RatchetInitAlice, encrypt
     "x25519_validate": 2 + 3,  # SPK, OPK; responder: IK_A, EK_A, ratchet key
     "ed25519_verify_prekey": 2,  # SPK and OPK signatures
-    "rng_32": 2 + 1,  # ephemeral, first ratchet key; responder's sending ratchet key
-    "x25519_base": 2 + 1,
-    "x25519": (4 + 1) + (4 + 2),  # DH1..DH4 + ratchet init; responder DH1..DH4 + DH step
+    # The responder's sending ratchet key is made at its first send (docs/protocol.md
+    # 4.3), after the measured span.
+    "rng_32": 2,  # ephemeral, first ratchet key
+    "x25519_base": 2,
+    "x25519": (4 + 1) + (4 + 1),  # DH1..DH4 + ratchet init; responder DH1..DH4 + receiving DH
     "sha256_320": 1 + 1,  # session AD on each side
-    "hmac_sha256": (2 + 3) + (2 + 3 + 3),  # HKDF-32 SK, HKDF-64 KDF_RK(s)
+    "hmac_sha256": (2 + 3) + (2 + 3),  # HKDF-32 SK, HKDF-64 KDF_RK
     "compare_digest_32": 1,  # responder: identity key against the device list
     "blake2b_keyed_32": 2 + 2,
     "blake2b_keyed_56": 1 + 1,
@@ -883,7 +885,6 @@ _PQXDH_EXTRA = {
     "mlkem768_from_public": 2,  # bundle decode validates the key; encapsulate parses it again
     "ed25519_verify_kem_prekey": 1,
     "mlkem768_encapsulate": 1,
-    "mlkem768_from_seed": 1,  # responder: KEMKeyPair.decapsulate expands the seed each time
     "mlkem768_decapsulate": 1,
     "sha256_1184": 2,  # SHA-256(KEM public key) in the session AD, each side
     "sha256_1088": 2,  # SHA-256(KEM ciphertext) in the session AD, each side

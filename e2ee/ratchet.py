@@ -12,11 +12,17 @@ Decryption is *commit on success*: every new chain key, root key and skipped-key
 insertion is computed in locals and applied only after the AEAD check passes, so a
 tampered, replayed or over-limit message leaves the state (and its serialization)
 unchanged. Limits (``MAX_SKIP`` and friends) are checked before any DH or KDF.
+
+A DH ratchet step is split as Olm splits it: decrypting a message with a new
+ratchet key derives the new receiving chain; the fresh sending key pair and chain
+are made at our next :meth:`RatchetState.encrypt` (same keys and bytes on the wire
+as the eager step of the Signal specification; docs/protocol.md 4.3).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections import OrderedDict
 from typing import Final
 
@@ -45,7 +51,7 @@ from .limits import (
     MAX_STORED_SKIPPED,
     SKIPPED_KEY_MAX_AGE_MS,
 )
-from .primitives import Rng, aead_decrypt, aead_encrypt, default_rng, hkdf_sha256
+from .primitives import Rng, aead_decrypt, aead_encrypt, default_rng
 
 __all__ = [
     "DIRECTION_INITIATOR",
@@ -64,16 +70,23 @@ DIRECTION_RESPONDER: Final = b"\x02"
 _STATE_VERSION: Final = 1
 _blake2b = hashlib.blake2b
 _MESSAGE_LABEL: Final = Label.MESSAGE.value
-_RATCHET_LABEL: Final = Label.RATCHET.value
+_RATCHET_BLOCK_1: Final = Label.RATCHET.value + b"\x01"
+_RATCHET_BLOCK_2: Final = Label.RATCHET.value + b"\x02"
+_hmac_digest = hmac.digest
 _CK_MSG: Final = b"\x01"
 _CK_NEXT: Final = b"\x02"
 _STATE_KEYS: Final = frozenset(range(12))
 
 
 def kdf_rk(root_key: bytes, dh_output: bytes) -> tuple[bytes, bytes]:
-    """KDF_RK: a new root key and chain key from a DH output (DESIGN 4.4)."""
-    out = hkdf_sha256(dh_output, salt=root_key, info=_RATCHET_LABEL, length=64)
-    return out[:32], out[32:]
+    """KDF_RK: a new root key and chain key from a DH output (DESIGN 4.4):
+    HKDF-SHA-256(salt = root key, ikm = DH output, info ``e2ee/v1/ratchet``, 64 bytes),
+    written out as its three HMACs (RFC 5869 extract, then two expand blocks) because
+    it runs on every DH ratchet step; ``tests/e2ee/test_session.py`` checks it against
+    :func:`~e2ee.primitives.hkdf_sha256`."""
+    prk = _hmac_digest(root_key, dh_output, "sha256")
+    first = _hmac_digest(prk, _RATCHET_BLOCK_1, "sha256")
+    return first, _hmac_digest(prk, first + _RATCHET_BLOCK_2, "sha256")
 
 
 def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
@@ -203,11 +216,25 @@ class RatchetState:
 
     @property
     def can_send(self) -> bool:
-        """Whether a sending chain exists (a responder needs one message first)."""
-        return self.send_ck is not None
+        """Whether this side can send: it has a sending chain, or knows the peer's
+        ratchet key to start one (a responder needs one message first)."""
+        return self.send_ck is not None or self.their_ratchet_pk is not None
 
-    def encrypt(self, plaintext: bytes) -> bytes:
-        """RatchetEncrypt: the envelope bytes of ``plaintext``.
+    def _start_sending_chain(self, their_ratchet_pk: bytes, rng: Rng) -> bytes:
+        """The sending half of a DH ratchet step, done at the first send after a new
+        receiving chain (as Olm does) rather than on receipt: a fresh ratchet key pair,
+        ``RK, CKs = KDF_RK(RK, DH(new, their))``, ``PN = Ns``, ``Ns = 0``."""
+        ours = DHKeyPair.generate(rng)
+        self.root_key, chain_key = kdf_rk(self.root_key, ours.dh(their_ratchet_pk))
+        self.our_ratchet = ours
+        self.prev_n = self.send_n
+        self.send_n = 0
+        self.send_ck = chain_key
+        return chain_key
+
+    def encrypt(self, plaintext: bytes, rng: Rng = default_rng) -> bytes:
+        """RatchetEncrypt: the envelope bytes of ``plaintext``. The first message after
+        a new receiving chain first completes the DH step with a fresh key from ``rng``.
 
         Raises:
             LimitExceeded: ``plaintext`` is longer than ``MAX_PLAINTEXT``.
@@ -217,7 +244,9 @@ class RatchetState:
             raise LimitExceeded(f"plaintext longer than {MAX_PLAINTEXT} bytes")
         chain_key = self.send_ck
         if chain_key is None:
-            raise InvalidArgument("no sending chain: the responder must receive first")
+            if self.their_ratchet_pk is None:
+                raise InvalidArgument("no sending chain: the responder must receive first")
+            chain_key = self._start_sending_chain(self.their_ratchet_pk, rng)
         if self.send_n >= 0xFFFFFFFF:  # the header counter is 32 bits
             raise LimitExceeded("sending chain exhausted")
         message_key = _blake2b(_CK_MSG, key=chain_key, digest_size=32).digest()
@@ -248,7 +277,7 @@ class RatchetState:
         """Whether ``ratchet_pk`` is one of this session's receiving chains."""
         return self._chain(ratchet_pk) is not None
 
-    def decrypt(self, envelope: MessageEnvelope, now_ms: int, rng: Rng = default_rng) -> bytes:
+    def decrypt(self, envelope: MessageEnvelope, now_ms: int) -> bytes:
         """RatchetDecrypt with commit on success (DESIGN 4.4).
 
         Raises:
@@ -300,10 +329,10 @@ class RatchetState:
             return plaintext
         if ratchet_pk == self.our_ratchet.public_key:
             raise ReflectedMessage("message carries our own ratchet key")
-        return self._decrypt_new_chain(envelope, ad, digest, now_ms, rng)
+        return self._decrypt_new_chain(envelope, ad, digest, now_ms)
 
     def _decrypt_new_chain(
-        self, envelope: MessageEnvelope, ad: bytes, digest: bytes, now_ms: int, rng: Rng
+        self, envelope: MessageEnvelope, ad: bytes, digest: bytes, now_ms: int
     ) -> bytes:
         current = self.receiving[-1] if self.receiving else None
         pn, n = envelope.pn, envelope.n
@@ -316,11 +345,15 @@ class RatchetState:
         if old_skip and current is not None:
             new_skipped, _, _ = _advance(current.ratchet_pk, current.chain_key, current.next_n, pn)
         root_key, recv_ck = kdf_rk(self.root_key, self.our_ratchet.dh(envelope.ratchet_pk))
-        more, message_key, recv_ck = _advance(envelope.ratchet_pk, recv_ck, 0, n)
+        if n:
+            more, message_key, recv_ck = _advance(envelope.ratchet_pk, recv_ck, 0, n)
+            new_skipped += more
+        else:  # the first message of the new chain (the usual case)
+            message_key = _blake2b(_CK_MSG, key=recv_ck, digest_size=32).digest()
+            recv_ck = _blake2b(_CK_NEXT, key=recv_ck, digest_size=32).digest()
         plaintext = self._open(message_key, envelope.ciphertext, ad)
-        # Authenticated: complete the DH step (a fresh sending ratchet key) and commit.
-        ours = DHKeyPair.generate(rng)
-        root_key, send_ck = kdf_rk(root_key, ours.dh(envelope.ratchet_pk))
+        # Authenticated: commit. The sending half of the DH step (a fresh ratchet key)
+        # waits for our next message (_start_sending_chain).
         if current is not None:
             current.chain_key = b""
             current.next_n = max(current.next_n, pn)
@@ -330,11 +363,8 @@ class RatchetState:
             self.skipped = OrderedDict((k, v) for k, v in self.skipped.items() if k[0] != dropped)
         self.root_key = root_key
         self.their_ratchet_pk = envelope.ratchet_pk
-        self.our_ratchet = ours
-        self.prev_n = self.send_n
-        self.send_n = 0
-        self.send_ck = send_ck
-        self._store_skipped(new_skipped + more, now_ms)
+        self.send_ck = None
+        self._store_skipped(new_skipped, now_ms)
         self._remember(digest)
         return plaintext
 

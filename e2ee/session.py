@@ -90,27 +90,28 @@ class Session:
         self.created_at_ms = created_at_ms
         self.last_used_ms = last_used_ms
 
-    def encrypt(self, plaintext: bytes, now_ms: int) -> bytes:
-        """Envelope bytes of ``plaintext`` (a pre-key envelope while unacknowledged).
+    def encrypt(self, plaintext: bytes, now_ms: int, rng: Rng = default_rng) -> bytes:
+        """Envelope bytes of ``plaintext`` (a pre-key envelope while unacknowledged);
+        ``rng`` gives the new ratchet key when this message starts a sending chain.
 
         Raises:
             LimitExceeded: the plaintext is too long.
             InvalidArgument: a responder session that has not received yet.
         """
-        message = self.ratchet.encrypt(plaintext)
+        message = self.ratchet.encrypt(plaintext, rng)
         self.last_used_ms = now_ms
         header = self.pending_header
         if header is None:
             return message
         return header + _U32.pack(len(message)) + message
 
-    def decrypt(self, envelope: MessageEnvelope, now_ms: int, rng: Rng = default_rng) -> bytes:
+    def decrypt(self, envelope: MessageEnvelope, now_ms: int) -> bytes:
         """Decrypt a message of this session (commit on success).
 
         Raises:
             DecryptionError: and its subclasses, as :meth:`RatchetState.decrypt`.
         """
-        plaintext = self.ratchet.decrypt(envelope, now_ms, rng)
+        plaintext = self.ratchet.decrypt(envelope, now_ms)
         self.pending_header = None
         self.last_used_ms = now_ms
         return plaintext
@@ -195,8 +196,8 @@ class SessionRecord:
                 return session
         return None
 
-    def encrypt(self, plaintext: bytes, now_ms: int) -> bytes:
-        """Encrypt with the active session.
+    def encrypt(self, plaintext: bytes, now_ms: int, rng: Rng = default_rng) -> bytes:
+        """Encrypt with the active session (``rng`` as :meth:`Session.encrypt`).
 
         Raises:
             InvalidArgument: there is no session, or it cannot send yet.
@@ -205,11 +206,9 @@ class SessionRecord:
         active = self.active
         if active is None:
             raise InvalidArgument("no session with this device")
-        return active.encrypt(plaintext, now_ms)
+        return active.encrypt(plaintext, now_ms, rng)
 
-    def decrypt_message(
-        self, envelope: MessageEnvelope, now_ms: int, rng: Rng = default_rng
-    ) -> bytes:
+    def decrypt_message(self, envelope: MessageEnvelope, now_ms: int) -> bytes:
         """Decrypt a message envelope with whichever session it belongs to; the one
         that decrypts becomes active. Sessions that know its ratchet key are tried
         first; each try is commit-on-success, so failures change nothing.
@@ -218,7 +217,7 @@ class SessionRecord:
             DecryptionError: no session decrypts it (the most specific failure).
         """
         if len(self.sessions) == 1:  # the common case: nothing to choose or promote
-            return self.sessions[0].decrypt(envelope, now_ms, rng)
+            return self.sessions[0].decrypt(envelope, now_ms)
         ratchet_pk = envelope.ratchet_pk
         ordered = sorted(
             self.sessions,
@@ -229,7 +228,7 @@ class SessionRecord:
         failures: list[E2EEError] = []
         for session in ordered:
             try:
-                plaintext = session.decrypt(envelope, now_ms, rng)
+                plaintext = session.decrypt(envelope, now_ms)
             except E2EEError as exc:
                 failures.append(exc)
                 continue
@@ -357,7 +356,6 @@ def decrypt(
     sender: PeerDevice | None,
     data: bytes,
     now_ms: int,
-    rng: Rng = default_rng,
 ) -> Decrypted:
     """Decrypt an envelope from a peer device (DESIGN 4.3, 4.4).
 
@@ -379,17 +377,16 @@ def decrypt(
         MessageKeyUnavailable, TooManySkippedMessages, ReflectedMessage,
         DecryptionError: the message does not decrypt.
     """
-    kind = envelope_type(data)
-    if kind is EnvelopeType.MESSAGE:
+    if envelope_type(data) is EnvelopeType.MESSAGE:
         envelope = MessageEnvelope.from_bytes(data)
         if record is None:
             raise DecryptionError("no session with this device")
-        plaintext = record.decrypt_message(envelope, now_ms, rng)
+        plaintext = record.decrypt_message(envelope, now_ms)
         return Decrypted(plaintext, record, None, False, False)
     prekey_message = PreKeyEnvelope.from_bytes(data)
     existing = None if record is None else record.with_base_key(prekey_message.base_key)
     if existing is not None and record is not None:
-        plaintext = existing.decrypt(prekey_message.message, now_ms, rng)
+        plaintext = existing.decrypt(prekey_message.message, now_ms)
         record.promote(existing)
         return Decrypted(plaintext, record, None, False, False)
     no_opk = prekey_message.one_time_prekey_id is None
@@ -412,7 +409,7 @@ def decrypt(
         created_at_ms=now_ms,
         last_used_ms=now_ms,
     )
-    plaintext = session.decrypt(prekey_message.message, now_ms, rng)
+    plaintext = session.decrypt(prekey_message.message, now_ms)
     record = record if record is not None else SessionRecord()
     record.add(session)
     return Decrypted(plaintext, record, setup.use, True, no_opk)

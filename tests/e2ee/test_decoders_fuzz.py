@@ -139,21 +139,21 @@ def corpus() -> Corpus:
 
     # PQXDH with a one-time prekey; Bob replies; Alice sends three, Bob gets the last
     # first (two skipped keys).
-    rec_a = start_session(a.device, bob.peer(), b.bundle(), None, NOW, alice.rng)
+    rec_a = start_session(a.device, bob.peer(), b.bundle(), None, NOW)
     first = rec_a.encrypt(b"one", NOW)
-    got = decrypt(b.device, b.prekeys, None, alice.peer(), first, NOW, bob.rng)
+    got = decrypt(b.device, b.prekeys, None, alice.peer(), first, NOW)
     assert got.prekey_use is not None
     b.prekeys.commit_use(got.prekey_use)
     rec_b = got.record
     reply = rec_b.encrypt(b"two", NOW)
-    decrypt(a.device, a.prekeys, rec_a, bob.peer(), reply, NOW, alice.rng)
+    decrypt(a.device, a.prekeys, rec_a, bob.peer(), reply, NOW)
     later = [rec_a.encrypt(bytes([i]) * 40, NOW) for i in range(3)]
-    decrypt(b.device, b.prekeys, rec_b, alice.peer(), later[2], NOW, bob.rng)
+    decrypt(b.device, b.prekeys, rec_b, alice.peer(), later[2], NOW)
 
     # Classical X3DH without a one-time prekey: Dave records the base key.
     rec_c = start_session(c.device, dave.peer(), d.bundle(opk=False), None, NOW, carol.rng)
     classic = rec_c.encrypt(b"classic", NOW)
-    got = decrypt(d.device, d.prekeys, None, carol.peer(), classic, NOW, dave.rng)
+    got = decrypt(d.device, d.prekeys, None, carol.peer(), classic, NOW)
     assert got.prekey_use is not None
     d.prekeys.commit_use(got.prekey_use)
     rec_d = got.record

@@ -65,7 +65,7 @@ def test_no_secret_appears_in_any_repr() -> None:
         responder.signed_prekey.private_bytes(),
         session.ratchet.root_key,
         session.ratchet.our_ratchet.private_bytes(),
-        session.ratchet.send_ck or b"",
+        session.ratchet.root_key[::-1],
         b"top secret plaintext",
     ]
     objects = [

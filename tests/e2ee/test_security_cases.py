@@ -211,15 +211,11 @@ def test_counter_jump_past_max_skip_is_refused_before_any_dh_or_kdf(
     # New chain: (PN - Nr) + N past MAX_SKIP, checked before the DH step.
     reply = b_record.encrypt(b"reply", NOW)
     a_record.decrypt_message(MessageEnvelope.from_bytes(reply), NOW)
+    next_chain = a_record.encrypt(b"next chain", NOW)
     calls.clear()
     with pytest.raises(TooManySkippedMessages):
         decrypt(
-            bob.devices[0].device,
-            bob.devices[0].prekeys,
-            b_record,
-            alice.peer(),
-            a_record.encrypt(b"next chain", NOW),
-            NOW,
+            bob.devices[0].device, bob.devices[0].prekeys, b_record, alice.peer(), next_chain, NOW
         )
     assert calls == []
 

@@ -28,7 +28,8 @@ from e2ee.limits import (
     MAX_STORED_SKIPPED,
     SKIPPED_KEY_MAX_AGE_MS,
 )
-from e2ee.ratchet import RatchetState
+from e2ee.primitives import hkdf_sha256
+from e2ee.ratchet import RatchetState, kdf_rk
 from e2ee.session import Session, SessionRecord, decrypt, start_session
 
 from .helpers import NOW, TestUser, make_user
@@ -304,6 +305,13 @@ def test_a_sending_chain_stops_at_the_32_bit_counter() -> None:
     pair = Pair()
     session = pair.a.active
     assert session is not None
+    pair.a.encrypt(b"starts the sending chain", NOW)
     session.ratchet.send_n = 0xFFFFFFFF
     with pytest.raises(LimitExceeded):
         pair.a.encrypt(b"one too many", NOW)
+
+
+def test_kdf_rk_is_hkdf_sha256_with_the_ratchet_label() -> None:
+    root, dh = bytes(range(32)), bytes(range(32, 64))
+    expected = hkdf_sha256(dh, salt=root, info=b"e2ee/v1/ratchet", length=64)
+    assert kdf_rk(root, dh) == (expected[:32], expected[32:])

@@ -50,7 +50,7 @@ from e2ee.payload import (
 )
 from e2ee.prekeys import PreKeyBundle, PreKeyKind, SignedPublicPreKey, prekey_statement
 from e2ee.primitives import mlkem768_decapsulate, mlkem768_encapsulate, sha256
-from e2ee.ratchet import RatchetState, kdf_ck, message_key_material
+from e2ee.ratchet import RatchetState, kdf_ck, kdf_rk, message_key_material
 from e2ee.safety_numbers import SafetyNumber, fingerprint
 from e2ee.session import start_session
 
@@ -316,7 +316,6 @@ def _case(name: str, tag: int, *, opk: bool, kem_kind: str | None = None) -> Vec
         "opk": opk,
         "ek_a_priv": h(fixed(tag)),
         "ratchet_priv": h(fixed(tag + 0x08)),
-        "responder_ratchet_priv": h(fixed(tag + 0x10)),
         "plaintext": h(f"first message of case {name}".encode()),
     }
     if kem_kind is not None:
@@ -467,16 +466,21 @@ def ratchet_vectors(x3dh: Vector) -> Vector:
     for sender, plaintext in _CONVERSATION:
         receiver = "bob" if sender == "alice" else "alice"
         tx, rx = states[sender], states[receiver]
-        assert tx.send_ck is not None
-        chain_key = tx.send_ck
+        # The first message after a DH step on receipt starts a sending chain with a
+        # fresh ratchet key (docs/protocol.md §4.3): its chain key is derived here from
+        # the public functions, independently of the state's own step.
+        new_key: bytes | None = None
+        if tx.send_ck is None:
+            assert tx.their_ratchet_pk is not None
+            new_key = new_keys[sender].pop(0)
+            _, chain_key = kdf_rk(tx.root_key, DHKeyPair(new_key).dh(tx.their_ratchet_pk))
+        else:
+            chain_key = tx.send_ck
         message_key, _ = kdf_ck(chain_key)
         material = message_key_material(message_key)
-        envelope = tx.encrypt(plaintext)
+        envelope = tx.encrypt(plaintext, queue_rng(new_key) if new_key else queue_rng())
         parsed = MessageEnvelope.from_bytes(envelope)
-        dh_step = not rx.knows(parsed.ratchet_pk)
-        new_key = new_keys[receiver].pop(0) if dh_step else None
-        rng = queue_rng(new_key) if new_key is not None else queue_rng()
-        assert rx.decrypt(parsed, NOW, rng) == plaintext
+        assert rx.decrypt(parsed, NOW) == plaintext
         steps.append(
             {
                 "sender": sender,
@@ -490,7 +494,7 @@ def ratchet_vectors(x3dh: Vector) -> Vector:
                 "pn": parsed.pn,
                 "n": parsed.n,
                 "envelope": h(envelope),
-                "receiver_new_ratchet_priv": None if new_key is None else h(new_key),
+                "sender_new_ratchet_priv": None if new_key is None else h(new_key),
                 "sender_after": chain_state(tx, None),
                 "receiver_after": chain_state(rx, parsed.ratchet_pk),
             }
@@ -500,8 +504,9 @@ def ratchet_vectors(x3dh: Vector) -> Vector:
             "Double Ratchet chain (docs/protocol.md §4) from the x3dh.json case "
             "'with_opk': sk and session_ad from it, Bob's SPK as his first ratchet key, "
             "Alice's first ratchet private key alice_ratchet_priv. Messages are delivered "
-            "in order, each right after it is sent; receiver_new_ratchet_priv is the "
-            "receiver's new ratchet private key when it takes a DH step (else null). "
+            "in order, each right after it is sent; sender_new_ratchet_priv is the "
+            "sender's new ratchet private key when the message starts a new sending chain "
+            "(the first message after a DH step on receipt; else null). "
             "chain_key is the sending chain key the message key is derived from; "
             "*_after are the sender's and receiver's states after the step (recv_ck is "
             "the receiving chain of the message's ratchet key)."

@@ -465,9 +465,15 @@ class Ratchet:
         """RatchetInitBob: the SPK pair is the ratchet pair, ``RK = SK``."""
         return cls(session_ad_, DIRECTION_RESPONDER, sk, spk_b)
 
-    def encrypt(self, plaintext: bytes) -> bytes:
+    def encrypt(self, plaintext: bytes, new_ratchet_sk: bytes | None = None) -> bytes:
+        """Encrypt the next message; the first one after a DH step on receipt starts
+        the sending chain with the fresh ratchet key ``new_ratchet_sk``."""
         if self.cks is None:
-            raise ValueError("no sending chain yet")
+            if self.their_ratchet_pub is None or new_ratchet_sk is None:
+                raise ValueError("no sending chain yet")
+            self.ratchet_sk = new_ratchet_sk
+            self.rk, self.cks = kdf_rk(self.rk, dh(new_ratchet_sk, self.their_ratchet_pub))
+            self.pn, self.ns = self.ns, 0
         mk, self.cks = kdf_ck(self.cks)
         envelope = encrypt_message(
             mk,
@@ -481,8 +487,10 @@ class Ratchet:
         self.ns += 1
         return envelope
 
-    def decrypt(self, envelope: bytes, new_ratchet_sk: bytes | None = None) -> bytes:
-        """Decrypt the next in-order message; a DH step needs ``new_ratchet_sk``."""
+    def decrypt(self, envelope: bytes) -> bytes:
+        """Decrypt the next in-order message. A new ratchet key is a DH step on receipt:
+        ``RK, CKr = KDF_RK(RK, DH(our key, theirs))``; the sending chain waits for the
+        next encrypt (§4.3)."""
         env = parse_message_envelope(envelope)
         peer_direction = DIRECTION_RESPONDER + DIRECTION_INITIATOR - self.direction
         rk, ckr, nr = self.rk, self.ckr, self.nr
@@ -497,12 +505,7 @@ class Ratchet:
         plaintext = decrypt_message(mk, self.session_ad, peer_direction, envelope)
         self.ckr, self.nr = ckr, env.n + 1
         if stepped:
-            if new_ratchet_sk is None:
-                raise ValueError("a DH step needs a new ratchet key")
-            self.their_ratchet_pub = env.ratchet_pub
-            self.ratchet_sk = new_ratchet_sk
-            self.rk, self.cks = kdf_rk(rk, dh(new_ratchet_sk, env.ratchet_pub))
-            self.pn, self.ns = self.ns, 0
+            self.rk, self.their_ratchet_pub, self.cks = rk, env.ratchet_pub, None
         return plaintext
 
 

@@ -200,8 +200,7 @@ def test_key_agreement_e2ee_responder(name: str, case: Vector | None) -> None:
     if "kem_ct" in case:
         kem = KEMKeyPair(b(prekey(data, case["kem_kind"])["private"]))
         assert kem.decapsulate(b(case["kem_ct"])).hex() == case["kem_ss"]
-    rng = gen.queue_rng(b(case["responder_ratchet_priv"]))
-    result = decrypt(bob, prekeys, None, alice, raw, data["now_ms"], rng)
+    result = decrypt(bob, prekeys, None, alice, raw, data["now_ms"])
     assert result.new_session
     assert result.plaintext.hex() == case["plaintext"]
 
@@ -285,7 +284,7 @@ def test_key_agreement_reference(name: str, case: Vector | None) -> None:
     env = ref.parse_prekey_envelope(built)
     assert (env.ik_a, env.ek_a, env.spk_id) == (ik_a_pub, ek_a_pub, spk["id"])
     bob_ratchet = ref.Ratchet.responder(ad, sk_b, b(spk["private"]))
-    plaintext = bob_ratchet.decrypt(env.message, b(case["responder_ratchet_priv"]))
+    plaintext = bob_ratchet.decrypt(env.message)
     assert plaintext.hex() == case["plaintext"]
 
 
@@ -360,19 +359,20 @@ def test_ratchet_e2ee() -> None:
     for i, step in enumerate(data["steps"]):
         sender = step["sender"]
         tx, rx = states[sender], states["bob" if sender == "alice" else "alice"]
-        assert tx.send_ck is not None and tx.send_ck.hex() == step["chain_key"], i
-        message_key, next_ck = kdf_ck(tx.send_ck)
+        new_key = step["sender_new_ratchet_priv"]
+        # A new sending chain starts exactly when the vector says so.
+        assert (tx.send_ck is None) == (new_key is not None), i
+        rng = gen.queue_rng(b(new_key)) if new_key else gen.queue_rng()
+        envelope = tx.encrypt(b(step["plaintext"]), rng)
+        assert envelope.hex() == step["envelope"], i
+        message_key, next_ck = kdf_ck(b(step["chain_key"]))
         assert message_key.hex() == step["message_key"], i
         material = message_key_material(message_key)
         assert (material[:32].hex(), material[32:].hex()) == (step["aead_key"], step["nonce"])
-        envelope = tx.encrypt(b(step["plaintext"]))
-        assert envelope.hex() == step["envelope"], i
         assert next_ck == tx.send_ck
         assert gen.chain_state(tx, None) == step["sender_after"], i
         parsed = MessageEnvelope.from_bytes(envelope)
-        new_key = step["receiver_new_ratchet_priv"]
-        rng = gen.queue_rng(b(new_key)) if new_key else gen.queue_rng()
-        assert rx.decrypt(parsed, data["now_ms"], rng).hex() == step["plaintext"], i
+        assert rx.decrypt(parsed, data["now_ms"]).hex() == step["plaintext"], i
         assert gen.chain_state(rx, parsed.ratchet_pk) == step["receiver_after"], i
 
 
@@ -426,10 +426,11 @@ def test_ratchet_reference() -> None:
             step["n"],
         )
         # ... and so does the reference's own ratchet, replayed from SK.
-        assert tx.encrypt(plaintext).hex() == step["envelope"], i
+        new_key = step["sender_new_ratchet_priv"]
+        sent = tx.encrypt(plaintext, None if new_key is None else b(new_key))
+        assert sent.hex() == step["envelope"], i
         assert ref_state(tx, None) == step["sender_after"], i
-        new_key = step["receiver_new_ratchet_priv"]
-        assert rx.decrypt(pinned, None if new_key is None else b(new_key)) == plaintext, i
+        assert rx.decrypt(pinned) == plaintext, i
         assert ref_state(rx, env.ratchet_pub) == step["receiver_after"], i
 
 
