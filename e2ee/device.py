@@ -395,6 +395,8 @@ class OurPreKeys:
                 key: DHKeyPair | KEMKeyPair = (
                     KEMKeyPair(secret) if kind.is_kem else DHKeyPair(secret)
                 )
+                if any(prekey_id in held for held in state._held.values()):
+                    raise CorruptState(f"prekey id {prekey_id} appears twice")
                 state._held[kind][prekey_id] = _Held(key, created, superseded)
             for item in cbor.field_list(m, 5, "ledger", 1 << 20):
                 spk, kem, keys = cbor.expect_list(item, "ledger row", 3)

@@ -148,6 +148,7 @@ def test_lifetimes() -> None:
         lambda m: m.__setitem__(4, [[2, 1, bytes(5), 0, None]]),
         lambda m: m.__setitem__(5, [["a", 1, []]]),
         lambda m: m.__setitem__(5, [[1, 1]]),
+        lambda m: m.__setitem__(4, [*m[4], *m[4]]),
     ],
 )
 def test_prekey_state_corruption_is_typed(mutate) -> None:  # type: ignore[no-untyped-def]
