@@ -33,19 +33,21 @@ from .errors import (
     DuplicateMessage,
     E2EEError,
     InvalidArgument,
+    KeyAgreementError,
     MessageKeyUnavailable,
+    ReflectedMessage,
     TooManySkippedMessages,
 )
 from .limits import ARCHIVED_SESSION_IDLE_MS, MAX_SESSIONS_PER_DEVICE, MAX_STATE_SIZE
 from .prekeys import PreKeyBundle
-from .primitives import Rng, default_rng
+from .primitives import Rng, blake2b, constant_time_equal, default_rng
 from .ratchet import RatchetState
 from .x3dh import initiate, respond
 
 __all__ = ["Decrypted", "Session", "SessionRecord", "decrypt", "start_session"]
 
 _STATE_VERSION: Final = 1
-_SESSION_KEYS: Final = frozenset(range(9))
+_SESSION_KEYS: Final = frozenset(range(10))
 _U32: Final = struct.Struct(">I")
 _U63: Final = 2**63 - 1
 # Which failure to report when every session of a record refuses a message: the most
@@ -62,6 +64,7 @@ class Session:
         "last_used_ms",
         "no_one_time_prekey",
         "pending_header",
+        "prekey_header_digest",
         "ratchet",
         "suite",
         "their_identity_key",
@@ -76,6 +79,7 @@ class Session:
         their_identity_key: bytes,
         pending_header: bytes | None,
         no_one_time_prekey: bool,
+        prekey_header_digest: bytes | None = None,
         created_at_ms: int,
         last_used_ms: int,
     ) -> None:
@@ -86,6 +90,9 @@ class Session:
         # Initiator only: the pre-key envelope header, sent in front of every message
         # until the responder's first reply decrypts.
         self.pending_header = pending_header
+        # Responder only: BLAKE2b-128 of the pre-key header that created the session;
+        # a redelivered pre-key message must carry exactly that header.
+        self.prekey_header_digest = prekey_header_digest
         self.no_one_time_prekey = no_one_time_prekey
         self.created_at_ms = created_at_ms
         self.last_used_ms = last_used_ms
@@ -128,6 +135,7 @@ class Session:
             6: self.no_one_time_prekey,
             7: self.created_at_ms,
             8: self.last_used_ms,
+            9: self.prekey_header_digest,
         }
 
     @classmethod
@@ -150,6 +158,9 @@ class Session:
                 no_one_time_prekey=cbor.field_bool(m, 6, "no one-time prekey"),
                 created_at_ms=cbor.field_int(m, 7, "created_at_ms", 0, _U63),
                 last_used_ms=cbor.field_int(m, 8, "last_used_ms", 0, _U63),
+                prekey_header_digest=cbor.field_optional_bytes(
+                    m, 9, "pre-key header digest", size=16
+                ),
             )
         except CorruptState:
             raise
@@ -372,6 +383,8 @@ def decrypt(
         UntrustedIdentity: a pre-key message whose sender does not match its list.
         DowngradeError: a classical pre-key message to a PQ device.
         UnknownPreKey: it names a prekey we do not hold.
+        KeyAgreementError: a pre-key message for an existing session whose header is
+            not the one that created it.
         DuplicateMessage: a byte-identical envelope (or a replayed pre-key message
             without one-time prekey) was already decrypted.
         MessageKeyUnavailable, TooManySkippedMessages, ReflectedMessage,
@@ -384,8 +397,13 @@ def decrypt(
         plaintext = record.decrypt_message(envelope, now_ms)
         return Decrypted(plaintext, record, None, False, False)
     prekey_message = PreKeyEnvelope.from_bytes(data)
+    header_digest = blake2b(prekey_message.header_bytes(), digest_size=16)
     existing = None if record is None else record.with_base_key(prekey_message.base_key)
     if existing is not None and record is not None:
+        if existing.prekey_header_digest is None:  # a session we initiated
+            raise ReflectedMessage("pre-key message with our own base key")
+        if not constant_time_equal(existing.prekey_header_digest, header_digest):
+            raise KeyAgreementError("pre-key header differs from the one of its session")
         plaintext = existing.decrypt(prekey_message.message, now_ms)
         record.promote(existing)
         return Decrypted(plaintext, record, None, False, False)
@@ -406,6 +424,7 @@ def decrypt(
         their_identity_key=prekey_message.identity_key,
         pending_header=None,
         no_one_time_prekey=no_opk,
+        prekey_header_digest=header_digest,
         created_at_ms=now_ms,
         last_used_ms=now_ms,
     )

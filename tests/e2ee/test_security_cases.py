@@ -23,6 +23,7 @@ from e2ee.errors import (
     DuplicateMessage,
     Equivocation,
     InvalidKey,
+    KeyAgreementError,
     ReflectedMessage,
     StalePreKey,
     TooManySkippedMessages,
@@ -376,3 +377,35 @@ def test_signature_labels_are_registered() -> None:
         SignedDeviceList.from_bytes(forged)
     assert type(caught.value).__name__ == "BadSignature"
     assert isinstance(DeviceList.from_value(statement.to_value()), DeviceList)
+
+
+def test_redelivered_prekey_message_must_carry_the_header_of_its_session() -> None:
+    alice, bob = _pair()
+    b = bob.devices[0]
+    a_record = start_session(alice.devices[0].device, bob.peer(), b.bundle(), None, NOW)
+    first = a_record.encrypt(b"one", NOW)
+    second = a_record.encrypt(b"two", NOW)
+    result = decrypt(b.device, b.prekeys, None, alice.peer(), first, NOW)
+    result.commit_prekeys(b.prekeys)
+    # Same base key and a genuine ratchet message, but another identity key claimed.
+    forged = dataclasses.replace(
+        PreKeyEnvelope.from_bytes(second), identity_key=DHKeyPair.generate().public_key
+    ).to_bytes()
+    before = result.record.to_bytes()
+    with pytest.raises(KeyAgreementError):
+        decrypt(b.device, b.prekeys, result.record, alice.peer(), forged, NOW)
+    assert result.record.to_bytes() == before
+    assert decrypt(b.device, b.prekeys, result.record, alice.peer(), second, NOW).plaintext == (
+        b"two"
+    )
+
+
+def test_our_own_prekey_message_reflected_to_us_fails() -> None:
+    alice, bob = _pair()
+    a = alice.devices[0]
+    a_record = start_session(a.device, bob.peer(), bob.devices[0].bundle(), None, NOW)
+    mine = a_record.encrypt(b"to bob", NOW)
+    before = a_record.to_bytes()
+    with pytest.raises(ReflectedMessage):
+        decrypt(a.device, a.prekeys, a_record, bob.peer(), mine, NOW)
+    assert a_record.to_bytes() == before
