@@ -31,6 +31,7 @@ class Label(bytes, Enum):
     STORE = b"e2ee/v1/store"
     SHARE_KEY = b"e2ee/v1/share-key"
     SHARE_PROOF = b"e2ee/v1/share-proof"
+    RECOVERY = b"e2ee/v1/recovery"
 
 
 ALL_LABELS: tuple[Label, ...] = tuple(Label)

@@ -213,6 +213,7 @@ def test_label_registry_matches_the_specification() -> None:
         "e2ee/v1/store",
         "e2ee/v1/share-key",
         "e2ee/v1/share-proof",
+        "e2ee/v1/recovery",  # docs/protocol.md 2.4
     }
     assert set(SIGNATURE_LABELS) <= set(ALL_LABELS)
     assert len(set(SIGNATURE_LABELS)) == len(SIGNATURE_LABELS) == 8
