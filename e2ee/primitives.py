@@ -161,9 +161,6 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
     prk = _hmac_digest(salt or bytes(_HASH_LEN), ikm, "sha256")
     if length <= _HASH_LEN:  # session keys: one block
         return _hmac_digest(prk, info + b"\x01", "sha256")[:length]
-    if length == 2 * _HASH_LEN:  # KDF_RK, once per DH ratchet step: two blocks
-        first = _hmac_digest(prk, info + b"\x01", "sha256")
-        return first + _hmac_digest(prk, first + info + b"\x02", "sha256")
     blocks: list[bytes] = []
     previous = b""
     for counter in range(1, -(-length // _HASH_LEN) + 1):
