@@ -1,1 +1,1 @@
-"""Relay server (see issue 3); nothing here yet."""
+"""Relay server (issue 3): so far the notification fan-out between nodes (``server.notify``)."""
