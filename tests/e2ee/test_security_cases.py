@@ -16,7 +16,7 @@ from e2ee.device_list import (
 )
 from e2ee.envelope import MessageEnvelope, PreKeyEnvelope, Suite
 from e2ee.errors import (
-    DecodeError,
+    BadSignature,
     DecryptionError,
     DeviceListRollback,
     DowngradeError,
@@ -257,7 +257,11 @@ def test_ciphertext_moved_to_another_session_or_address_fails() -> None:
         carol.devices[0].device, carol.devices[0].prekeys, None, alice.peer(), for_carol, NOW
     )
     carol_record = result.record
-    with pytest.raises(Exception) as caught:
+    carol_prekeys = carol.devices[0].prekeys.to_bytes()
+    # Carol holds prekeys with the same ids as Bob's (ids count from 1 per device), so
+    # the key agreement runs, with other keys and another session AD: the first
+    # message does not authenticate, and nothing is consumed.
+    with pytest.raises(DecryptionError) as caught:
         decrypt(
             carol.devices[0].device,
             carol.devices[0].prekeys,
@@ -266,9 +270,8 @@ def test_ciphertext_moved_to_another_session_or_address_fails() -> None:
             for_bob,
             NOW,
         )
-    assert isinstance(caught.value, UntrustedIdentity | DecryptionError | DecodeError) or (
-        type(caught.value).__name__ == "UnknownPreKey"
-    )
+    assert type(caught.value) is DecryptionError
+    assert carol.devices[0].prekeys.to_bytes() == carol_prekeys
     # Established sessions: a message of the bob session re-addressed to carol.
     bob_record = decrypt(
         bob.devices[0].device, bob.devices[0].prekeys, None, alice.peer(), for_bob, NOW
@@ -356,9 +359,8 @@ def test_bundle_signed_by_another_device_is_refused() -> None:
     alice, bob = _pair()
     mallory = make_user("bob", seed=99)  # same user id, different keys
     forged = dataclasses.replace(mallory.devices[0].bundle(), device_id=bob.peer().device_id)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(BadSignature):
         start_session(alice.devices[0].device, bob.peer(), forged, None, NOW)
-    assert type(caught.value).__name__ == "BadSignature"
     other_device = PreKeyBundle(
         "bob", 4242, forged.signed_prekey, forged.one_time_prekey, forged.kem_prekey
     )
@@ -373,9 +375,8 @@ def test_signature_labels_are_registered() -> None:
     statement = carol.device_list.statement
     wrong = carol.master.sign(Label.SIGNED_PREKEY, statement.to_value())
     forged = SignedDeviceList(statement, wrong).to_bytes()
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(BadSignature):
         SignedDeviceList.from_bytes(forged)
-    assert type(caught.value).__name__ == "BadSignature"
     assert isinstance(DeviceList.from_value(statement.to_value()), DeviceList)
 
 
