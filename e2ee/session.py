@@ -49,6 +49,7 @@ __all__ = ["Decrypted", "Session", "SessionRecord", "decrypt", "start_session"]
 _STATE_VERSION: Final = 1
 _SESSION_KEYS: Final = frozenset(range(10))
 _U32: Final = struct.Struct(">I")
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 _U63: Final = 2**63 - 1
 # Which failure to report when every session of a record refuses a message: the most
 # specific one wins.
@@ -214,10 +215,9 @@ class SessionRecord:
             InvalidArgument: there is no session, or it cannot send yet.
             LimitExceeded: the plaintext is too long.
         """
-        active = self.active
-        if active is None:
+        if not self.sessions:
             raise InvalidArgument("no session with this device")
-        return active.encrypt(plaintext, now_ms, rng)
+        return self.sessions[0].encrypt(plaintext, now_ms, rng)
 
     def decrypt_message(self, envelope: MessageEnvelope, now_ms: int) -> bytes:
         """Decrypt a message envelope with whichever session it belongs to; the one
@@ -395,7 +395,7 @@ def decrypt(
         if record is None:
             raise DecryptionError("no session with this device")
         plaintext = record.decrypt_message(envelope, now_ms)
-        return Decrypted(plaintext, record, None, False, False)
+        return _new_tuple(Decrypted, (plaintext, record, None, False, False))
     prekey_message = PreKeyEnvelope.from_bytes(data)
     header_digest = blake2b(prekey_message.header_bytes(), digest_size=16)
     existing = None if record is None else record.with_base_key(prekey_message.base_key)
