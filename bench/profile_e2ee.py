@@ -35,6 +35,7 @@ from bench.run import (
     e2ee_pair,
     make_user,
 )
+from bench.run import loop_timer as body_loop
 from e2ee import primitives
 from e2ee.envelope import MessageEnvelope, PreKeyEnvelope, envelope_type
 from e2ee.keys import DHKeyPair, signed_message
@@ -46,22 +47,6 @@ from e2ee.session import start_session
 from e2ee.x3dh import derive_shared_key, initiate, respond, session_ad
 
 Loop = Callable[[int], int]  # runs k calls, returns elapsed ns
-
-
-def body_loop(body: Callable[[], object]) -> Loop:
-    def loop(k: int) -> int:
-        gc.collect()
-        gc.disable()
-        try:
-            clock = time.process_time_ns
-            t0 = clock()
-            for _ in range(k):
-                body()
-            return clock() - t0
-        finally:
-            gc.enable()
-
-    return loop
 
 
 def measure(cases: dict[str, tuple[Loop, int]], rounds: int) -> dict[str, float]:

@@ -719,7 +719,7 @@ _SMALL_ORDER = frozenset(
 )
 
 
-def _loop_timer(body: Callable[[], object]) -> Callable[[int], int]:
+def loop_timer(body: Callable[[], object]) -> Callable[[int], int]:
     def loop(k: int) -> int:
         gc.collect()
         gc.disable()
@@ -845,7 +845,7 @@ def add_primitives(bench: Bench) -> None:
         "mlkem768_decapsulate": (lambda: kem_priv.decapsulate(kem_ct), 1000),
     }
     for name, (body, k) in bodies.items():
-        bench.add_prim(name, _loop_timer(body), max(20, k // bench.scale))
+        bench.add_prim(name, loop_timer(body), max(20, k // bench.scale))
 
 
 # Primitive calls per operation, counted from the code (see bench/README.md).
