@@ -1,0 +1,762 @@
+"""SQL storage on SQLite or PostgreSQL (``docs/storage.md``: the wiring and its figures).
+
+Every operation is one synchronous function of :mod:`server.storage.sql_ops`; a
+*runner* decides where it runs:
+
+* :class:`SqliteRunner`: one synchronous pysqlite connection (WAL,
+  ``synchronous=FULL``) used on the event loop. Writes are queued and a writer task
+  runs whatever is queued as ONE transaction, with a SAVEPOINT per operation so a
+  refused operation does not abort the others, commits (fsync), then answers every
+  caller: group commit. Reads run on the same connection between batches.
+* :class:`PostgresRunner`: an asyncpg :class:`~sqlalchemy.ext.asyncio.AsyncEngine`;
+  each operation is its own transaction through ``AsyncConnection.run_sync``,
+  retried when it lost a race (unique violation, serialization failure, deadlock).
+
+Driver failures become :class:`~server.storage.base.StorageUnavailable` after the
+transaction was rolled back; a caller that got it may retry (sends are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from . import sql_ops as ops
+from . import sqlite_hot as hot
+from .base import (
+    AcceptOutcome,
+    AccountRecord,
+    BlobRecord,
+    ClaimedBundle,
+    DeviceRecord,
+    PreKeyStatus,
+    QueuedMessage,
+    StorageUnavailable,
+    StoredPreKey,
+)
+
+__all__ = [
+    "PG_POOL_SIZE",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "PostgresRunner",
+    "SqlStorage",
+    "SqliteRunner",
+    "postgres_engine",
+    "sqlite_engine",
+]
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+"""How long SQLite waits for a lock held by another process (a backup, ``e2ee db
+upgrade``) before the operation fails as unavailable."""
+PG_APPLICATION_NAME = "e2ee-relay"
+"""How the relay's PostgreSQL sessions name themselves (``pg_stat_activity``)."""
+PG_POOL_SIZE = 10
+"""PostgreSQL connections per relay process: enough for concurrent sends and claims
+to overlap, few enough for several nodes to share one server."""
+PG_MAX_OVERFLOW = 10
+"""Extra PostgreSQL connections allowed under a burst."""
+PG_POOL_TIMEOUT_S = 10.0
+"""How long an operation waits for a pooled connection before it is unavailable."""
+PG_COMMAND_TIMEOUT_S = 30.0
+"""How long one PostgreSQL statement may run before the operation is unavailable."""
+PG_ATTEMPTS = 5
+"""How often an operation that lost a race is run again before it is unavailable."""
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+"""Serialization failure and deadlock: the transaction may simply run again."""
+
+
+class Runner(Protocol):
+    """Runs one operation of :mod:`server.storage.sql_ops` as (part of) a transaction."""
+
+    async def read(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a read-only operation.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        ...
+
+    async def read_one(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a read-only operation of one statement (no transaction needed).
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        ...
+
+    async def write(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run an operation that changes the database; returns after its commit.
+
+        Raises:
+            StorageUnavailable: the database failed; nothing was changed.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Finish queued writes and close every connection."""
+        ...
+
+
+# --- SQLite ----------------------------------------------------------------------------
+
+
+def sqlite_engine(url: str, *, echo: bool = False) -> Engine:
+    """A pysqlite engine whose connections use WAL, ``synchronous=FULL`` (an
+    acknowledged write survives a power cut), foreign keys and a busy timeout, and
+    whose transactions SQLAlchemy begins itself (so SAVEPOINTs work).
+
+    Raises:
+        sqlalchemy.exc.ArgumentError: a malformed URL.
+    """
+    engine = create_engine(url, echo=echo, hide_parameters=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, emits BEGIN
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",
+            "foreign_keys=ON",
+            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        ):
+            dbapi_conn.execute(f"PRAGMA {pragma}").close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+@dataclass(slots=True)
+class _Pending:
+    run: Callable[[Connection], Any]
+    future: asyncio.Future[Any]
+
+
+class SqliteRunner:
+    """One pysqlite connection on the event loop with a group-commit writer task."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn = engine.connect()
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def read(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn`` between two write batches.
+
+        No transaction is needed for a consistent view: ``fn`` runs to its end without
+        yielding to the loop, and this connection is the database's only writer. Raw
+        SQL (:mod:`server.storage.sqlite_hot`) runs in autocommit; a transaction
+        SQLAlchemy began for Core statements is ended at once.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        self._check_open()
+        conn = self._conn
+        try:
+            try:
+                return fn(conn, *args, **kwargs)
+            finally:
+                if conn.in_transaction():
+                    conn.rollback()  # read only: nothing to commit
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise _unavailable(exc) from exc
+
+    read_one = read
+
+    async def write(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Queue ``fn`` for the next group commit and wait for that commit.
+
+        Raises:
+            StorageUnavailable: the batch could not be committed; nothing was changed.
+        """
+        self._check_open()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(lambda conn: fn(conn, *args, **kwargs), future))
+        self._wake.set()
+        return await future
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise StorageUnavailable("the storage is closed")
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # a bug: never leave a caller waiting forever
+                    log.exception("SQLite writer failed")
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(StorageUnavailable(type(exc).__name__))
+            if self._closing and not self._pending:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Run ``batch`` as one transaction, one SAVEPOINT per operation; commit; then
+        answer each caller. A database failure fails the whole batch (rolled back).
+
+        The SAVEPOINTs are issued on the driver connection: through SQLAlchemy's
+        ``begin_nested`` they cost about ten times more (``docs/storage.md``).
+        """
+        outcomes: list[tuple[_Pending, bool, Any]] = []
+        conn = self._conn
+        try:
+            with conn.begin():
+                db = cast(sqlite3.Connection, conn.connection.driver_connection)
+                for item in batch:
+                    if item.future.cancelled():
+                        continue  # the caller is gone; it never saw an answer
+                    db.execute("SAVEPOINT op")
+                    try:
+                        result = item.run(conn)
+                    except IntegrityError as exc:  # a bug, not an outage: this op only
+                        db.execute("ROLLBACK TO op")
+                        outcomes.append((item, False, _unavailable(exc)))
+                    except (SQLAlchemyError, sqlite3.Error):
+                        raise  # the whole batch rolls back
+                    except Exception as exc:  # a typed refusal (or a caller bug)
+                        db.execute("ROLLBACK TO op")
+                        outcomes.append((item, False, exc))
+                    else:
+                        outcomes.append((item, True, result))
+                    db.execute("RELEASE op")
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            log.warning("SQLite batch of %d operations rolled back: %s", len(batch), exc)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(_unavailable(exc))
+            return
+        for item, ok, value in outcomes:
+            if item.future.done():
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    async def aclose(self) -> None:
+        """Commit what is queued, stop the writer, close the connection."""
+        if not self._closing:
+            self._closing = True
+            self._wake.set()
+            await self._writer
+            self._conn.close()
+            self._engine.dispose()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------
+
+
+def postgres_engine(url: str, *, echo: bool = False, pool_size: int = PG_POOL_SIZE) -> AsyncEngine:
+    """An asyncpg engine (``synchronous_commit`` on: an acknowledged write is on disk).
+
+    Raises:
+        sqlalchemy.exc.ArgumentError: a malformed URL.
+    """
+    return create_async_engine(
+        url,
+        echo=echo,
+        hide_parameters=True,  # errors and logs never carry ciphertexts or keys
+        pool_size=pool_size,
+        max_overflow=PG_MAX_OVERFLOW,
+        pool_timeout=PG_POOL_TIMEOUT_S,
+        connect_args={
+            "command_timeout": PG_COMMAND_TIMEOUT_S,
+            "server_settings": {
+                "application_name": PG_APPLICATION_NAME,
+                # An acknowledged write is on disk (the server default, made explicit
+                # so a server configured otherwise cannot weaken it).
+                "synchronous_commit": "on",
+                # Every query of the relay has an index path; a nearly empty, churned
+                # queue table analysed as empty must not turn them into sequential
+                # scans over its dead rows (docs/storage.md: the plans).
+                "enable_seqscan": "off",
+            },
+        },
+    )
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ops.RetryOperation | IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
+        orig = exc.orig
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return code in _RETRY_SQLSTATES
+    return False
+
+
+class PostgresRunner:
+    """One transaction per operation on an asyncpg engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def _run(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        last: BaseException | None = None
+        for _ in range(PG_ATTEMPTS):
+            try:
+                async with self._engine.begin() as conn:
+                    return await conn.run_sync(fn, *args, **kwargs)
+            except (ops.RetryOperation, SQLAlchemyError, OSError, TimeoutError) as exc:
+                if not _retryable(exc):
+                    raise _unavailable(exc) from exc
+                last = exc
+        raise StorageUnavailable(f"gave up after {PG_ATTEMPTS} attempts: {last}")
+
+    async def read(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn`` in its own transaction.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._run(fn, *args, **kwargs)
+
+    async def read_one(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a one-statement ``fn`` in autocommit mode (one round trip, no BEGIN/COMMIT).
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        try:
+            async with self._autocommit.connect() as conn:
+                return await conn.run_sync(fn, *args, **kwargs)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def write(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn`` in its own transaction and commit it.
+
+        Raises:
+            StorageUnavailable: the database failed; the transaction was rolled back.
+        """
+        return await self._run(fn, *args, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    """The typed error for a driver failure (its message names no data, only the cause)."""
+    return StorageUnavailable(
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    )
+
+
+# --- the stores ------------------------------------------------------------------------
+
+
+class SqlAccountStore:
+    """:class:`~server.storage.base.AccountStore` over a :class:`Runner`."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    async def create_account(self, account: AccountRecord, now_ms: int) -> None:
+        """See :meth:`server.storage.base.AccountStore.create_account`.
+
+        Raises:
+            AccountExists: the user id is taken.
+            StorageUnavailable: the database failed.
+        """
+        await self._r.write(ops.create_account, account, now_ms)
+
+    async def get_account(self, user_id: str) -> AccountRecord | None:
+        """See :meth:`server.storage.base.AccountStore.get_account`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.read(ops.get_account, user_id)
+
+    async def get_device(self, user_id: str, device_id: int) -> DeviceRecord | None:
+        """See :meth:`server.storage.base.AccountStore.get_device`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.read_one(ops.get_device, user_id, device_id)
+
+    async def replace_device_list(
+        self, account: AccountRecord, expected_version: int, now_ms: int
+    ) -> tuple[int, ...]:
+        """See :meth:`server.storage.base.AccountStore.replace_device_list`.
+
+        Raises:
+            UnknownAccount: no such account.
+            VersionConflict: the stored version is not ``expected_version``.
+            DeviceIdReused: the new list re-adds a removed device id.
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.replace_device_list, account, expected_version, now_ms)
+
+
+class SqlPreKeyStore:
+    """:class:`~server.storage.base.PreKeyStore` over a :class:`Runner`."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    async def upload(
+        self,
+        user_id: str,
+        device_id: int,
+        signed_prekey: StoredPreKey | None,
+        one_time: Sequence[StoredPreKey],
+        kem: Sequence[StoredPreKey],
+        last_resort: StoredPreKey | None,
+    ) -> None:
+        """See :meth:`server.storage.base.PreKeyStore.upload`.
+
+        Raises:
+            UnknownDevice: the device is not in the account's current list.
+            PreKeyIdReused: an id this device used before (or twice in this upload).
+            StorageUnavailable: the database failed.
+        """
+        await self._r.write(
+            ops.upload_prekeys, user_id, device_id, signed_prekey, one_time, kem, last_resort
+        )
+
+    async def claim(self, user_id: str, device_id: int) -> ClaimedBundle | None:
+        """See :meth:`server.storage.base.PreKeyStore.claim`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.claim, user_id, device_id)
+
+    async def status(self, user_id: str, device_id: int) -> PreKeyStatus:
+        """See :meth:`server.storage.base.PreKeyStore.status`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.read(ops.prekey_status, user_id, device_id)
+
+
+class SqlMessageStore:
+    """:class:`~server.storage.base.MessageStore` over a :class:`Runner`; with
+    ``sqlite_hot`` the hot operations run :mod:`server.storage.sqlite_hot`'s raw SQL."""
+
+    def __init__(self, runner: Runner, *, sqlite_hot: bool = False) -> None:
+        self._r = runner
+        self._accept = hot.accept if sqlite_hot else ops.accept
+        self._fetch = hot.fetch if sqlite_hot else ops.fetch
+        self._ack = hot.ack if sqlite_hot else ops.ack
+
+    async def accept(
+        self,
+        sender_user: str,
+        sender_device: int,
+        client_msg_id: bytes,
+        digest: bytes,
+        addressed: Sequence[tuple[str, Sequence[tuple[int, bytes]]]],
+        now_ms: int,
+        expires_at_ms: int,
+        queue_quota: int,
+    ) -> AcceptOutcome:
+        """See :meth:`server.storage.base.MessageStore.accept`.
+
+        Raises:
+            IdempotencyConflict: the id was accepted before with another digest.
+            UnknownAccount: an addressed user does not exist.
+            QueueFull: an addressed device's queue is at ``queue_quota``.
+            StorageUnavailable: the database failed; nothing was stored.
+        """
+        return await self._r.write(
+            self._accept,
+            sender_user,
+            sender_device,
+            client_msg_id,
+            digest,
+            addressed,
+            now_ms,
+            expires_at_ms,
+            queue_quota,
+        )
+
+    async def fetch(
+        self, user_id: str, device_id: int, after_seq: int, limit: int, now_ms: int
+    ) -> list[QueuedMessage]:
+        """See :meth:`server.storage.base.MessageStore.fetch`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.read_one(self._fetch, user_id, device_id, after_seq, limit, now_ms)
+
+    async def ack(self, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
+        """See :meth:`server.storage.base.MessageStore.ack`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(self._ack, user_id, device_id, seqs)
+
+    async def depth(self, user_id: str, device_id: int) -> int:
+        """See :meth:`server.storage.base.MessageStore.depth`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.read_one(ops.depth, user_id, device_id)
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int:
+        """See :meth:`server.storage.base.MessageStore.purge_expired`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.purge_messages, now_ms, limit)
+
+
+class SqlBlobStore:
+    """:class:`~server.storage.base.BlobStore` over a :class:`Runner`."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    async def begin(
+        self,
+        blob_id: bytes,
+        owner_user: str,
+        owner_device: int,
+        now_ms: int,
+        expires_at_ms: int,
+        quota_bytes: int,
+    ) -> None:
+        """See :meth:`server.storage.base.BlobStore.begin`.
+
+        Raises:
+            BlobExists: the id is taken.
+            BlobQuotaExceeded: the owner already holds ``quota_bytes`` or more.
+            StorageUnavailable: the database failed.
+        """
+        await self._r.write(
+            ops.blob_begin, blob_id, owner_user, owner_device, now_ms, expires_at_ms, quota_bytes
+        )
+
+    async def append(self, blob_id: bytes, index: int, chunk: bytes, quota_bytes: int) -> None:
+        """See :meth:`server.storage.base.BlobStore.append`.
+
+        Raises:
+            UnknownBlob: no upload in progress with this id.
+            BlobQuotaExceeded: the owner would exceed ``quota_bytes``.
+            StorageUnavailable: the database failed.
+        """
+        await self._r.write(ops.blob_append, blob_id, index, chunk, quota_bytes)
+
+    async def complete(self, blob_id: bytes) -> BlobRecord:
+        """See :meth:`server.storage.base.BlobStore.complete`.
+
+        Raises:
+            UnknownBlob: no upload in progress with this id.
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.blob_complete, blob_id)
+
+    async def get(self, blob_id: bytes, now_ms: int) -> BlobRecord | None:
+        """See :meth:`server.storage.base.BlobStore.get`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.read_one(ops.blob_get, blob_id, now_ms)
+
+    async def chunks(self, blob_id: bytes) -> AsyncIterator[bytes]:
+        """See :meth:`server.storage.base.BlobStore.chunks` (one query per chunk).
+
+        Raises:
+            UnknownBlob: no complete blob with this id, or it went mid-stream.
+            StorageUnavailable: the database failed.
+        """
+        count = await self._r.read_one(ops.blob_chunk_count, blob_id)
+        for index in range(count):
+            yield await self._r.read_one(ops.blob_chunk, blob_id, index)
+
+    async def delete(self, blob_id: bytes) -> bool:
+        """See :meth:`server.storage.base.BlobStore.delete`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.blob_delete, blob_id)
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int:
+        """See :meth:`server.storage.base.BlobStore.purge_expired`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.purge_blobs, now_ms, limit)
+
+
+class SqlLinkStore:
+    """:class:`~server.storage.base.LinkStore` over a :class:`Runner`."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    async def put(
+        self, link_id: bytes, slot: int, blob: bytes, now_ms: int, expires_at_ms: int
+    ) -> None:
+        """See :meth:`server.storage.base.LinkStore.put`.
+
+        Raises:
+            LinkMailboxFull: the slot was written before and has not expired.
+            StorageUnavailable: the database failed.
+        """
+        await self._r.write(ops.link_put, link_id, slot, blob, now_ms, expires_at_ms)
+
+    async def take(self, link_id: bytes, slot: int, now_ms: int) -> bytes | None:
+        """See :meth:`server.storage.base.LinkStore.take`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.link_take, link_id, slot, now_ms)
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int:
+        """See :meth:`server.storage.base.LinkStore.purge_expired`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.purge_links, now_ms, limit)
+
+
+class SqlNonceStore:
+    """:class:`~server.storage.base.NonceStore` over a :class:`Runner`."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    async def issue(self, nonce: bytes, purpose: str, expires_at_ms: int) -> None:
+        """See :meth:`server.storage.base.NonceStore.issue`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        await self._r.write(ops.nonce_issue, nonce, purpose, expires_at_ms)
+
+    async def consume(self, nonce: bytes, purpose: str, now_ms: int) -> bool:
+        """See :meth:`server.storage.base.NonceStore.consume`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.nonce_consume, nonce, purpose, now_ms)
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int:
+        """See :meth:`server.storage.base.NonceStore.purge_expired`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.purge_nonces, now_ms, limit)
+
+
+class SqlStorage:
+    """:class:`~server.storage.base.Storage` over one database (use
+    :func:`server.storage.open_storage`, which checks the schema first)."""
+
+    def __init__(self, runner: Runner, *, dialect: str, sqlite_hot: bool | None = None) -> None:
+        self._runner = runner
+        self.dialect = dialect
+        """``sqlite`` or ``postgresql``."""
+        self._accounts = SqlAccountStore(runner)
+        self._prekeys = SqlPreKeyStore(runner)
+        if sqlite_hot is None:
+            sqlite_hot = dialect == "sqlite"
+        self._messages = SqlMessageStore(runner, sqlite_hot=sqlite_hot)
+        self._blobs = SqlBlobStore(runner)
+        self._links = SqlLinkStore(runner)
+        self._nonces = SqlNonceStore(runner)
+
+    def __repr__(self) -> str:
+        return f"SqlStorage(dialect={self.dialect!r})"
+
+    @property
+    def accounts(self) -> SqlAccountStore:
+        """Accounts and device lists."""
+        return self._accounts
+
+    @property
+    def prekeys(self) -> SqlPreKeyStore:
+        """The key directory."""
+        return self._prekeys
+
+    @property
+    def messages(self) -> SqlMessageStore:
+        """Queues and idempotency records."""
+        return self._messages
+
+    @property
+    def blobs(self) -> SqlBlobStore:
+        """Blobs."""
+        return self._blobs
+
+    @property
+    def links(self) -> SqlLinkStore:
+        """The link mailbox."""
+        return self._links
+
+    @property
+    def nonces(self) -> SqlNonceStore:
+        """Single-use nonces."""
+        return self._nonces
+
+    async def ping(self) -> None:
+        """A trivial round trip.
+
+        Raises:
+            StorageUnavailable: the database does not answer.
+        """
+        await self._runner.read_one(ops.ping)
+
+    async def aclose(self) -> None:
+        """Commit queued writes and release every connection."""
+        await self._runner.aclose()

@@ -1,0 +1,351 @@
+"""The WebSocket endpoint ``/v1/ws``: the thin driver around :class:`RelaySession`
+(CONVENTIONS 3).
+
+One :class:`Connection` per socket moves bytes and owns the time: the auth timeout,
+the sender task (every write bounded by :data:`~server.limits.OVERFLOW_SECONDS`), the
+delivery task (backlog from sequence 0, ``CaughtUp``, then live on notifications,
+within the delivery window) and the control tasks (takeover by a newer connection
+of the same device on another node; device removed; prekeys low). Frames are binary
+WebSocket messages; the uvicorn server is configured with ``ws_max_size =
+MAX_FRAME`` so a bigger message is closed with 1009 before it is buffered (checked
+here again for other servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Final
+
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from e2ee.relay_frames import CaughtUp, CloseCode, Error, ErrorCode
+
+from . import limits
+from .context import RelayContext
+from .hub import control_key, takeover_key
+from .notify import Listener
+from .session import DeliveryWindow, RelaySession, Reply, deliver_frame
+from .storage.base import StorageError
+
+__all__ = ["Connection", "routes"]
+
+logger = logging.getLogger(__name__)
+
+_STORAGE_RETRY_SECONDS: Final = 1.0
+_DISCONNECTED: Final = -1
+
+
+class _Overflow(Exception):
+    """The client stopped reading or acknowledging."""
+
+
+class Connection:
+    """One WebSocket: a :class:`RelaySession` and the tasks that drive it."""
+
+    def __init__(self, ctx: RelayContext, websocket: WebSocket) -> None:
+        self._ctx = ctx
+        self._ws = websocket
+        ip = ctx.client_ip(websocket.client)
+        self.session = RelaySession(ctx, ctx.rng(limits.NONCE_SIZE), ip)
+        self._out: deque[tuple[bytes, int]] = deque()
+        """Frames to write, with the delivery sequence (0: not a delivery)."""
+        self._out_ready = asyncio.Event()
+        self._answers = 0
+        self._window = DeliveryWindow()
+        self._window_open = asyncio.Event()
+        self._close: tuple[CloseCode, str] | None = None
+        self._closing = asyncio.Event()
+        self._peer_gone = False
+        self._done = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[Listener] = []
+        self._stamp = 0
+        self._in_request = False
+
+    # --- ConnectionHandle ---------------------------------------------------------------
+
+    @property
+    def stamp(self) -> int:
+        """When this connection authenticated (its takeover stamp)."""
+        return self._stamp
+
+    def close_soon(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code`` after the frames already queued (first request wins)."""
+        if self._close is None:
+            self._close = (code, reason)
+        self._closing.set()
+
+    async def closed(self) -> None:
+        """Wait until the connection has finished."""
+        await self._done.wait()
+
+    # --- the driver ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket until it closes."""
+        ctx = self._ctx
+        await self._ws.accept()
+        ctx.hub.opened(self)
+        ctx.metrics.connections.inc()
+        sender = asyncio.create_task(self._send_loop(), name="e2ee-ws-send")
+        try:
+            self._enqueue(self.session.hello())
+            reader = asyncio.create_task(self._read_loop(), name="e2ee-ws-read")
+            self._tasks.append(reader)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(limits.AUTH_TIMEOUT_SECONDS, self._auth_deadline)
+            try:
+                await self._closing.wait()
+            finally:
+                timer.cancel()
+            if self._in_request:
+                # Let a request already being processed (a Send being committed) finish
+                # and answer, bounded, rather than cancel it midway.
+                await asyncio.wait({reader}, timeout=limits.CLOSE_SECONDS)
+            await self._stop_tasks()
+            await self._finish(sender)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            await self._stop_tasks()
+            for listener in self._listeners:
+                with contextlib.suppress(Exception):
+                    await listener.aclose()
+            ctx.hub.closed(self)
+            ctx.metrics.connections.dec()
+            if self.session.authenticated:
+                ctx.metrics.authenticated.dec()
+            self._done.set()
+
+    def _auth_deadline(self) -> None:
+        if not self.session.authenticated:
+            self._ctx.metrics.refused("auth_timeout")
+            self.close_soon(CloseCode.AUTH_TIMEOUT, "no authentication in time")
+
+    async def _stop_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    async def _finish(self, sender: asyncio.Task[None]) -> None:
+        """Flush what is queued (bounded), then send the close frame."""
+        if self._peer_gone or self._close is None:
+            return
+        code, reason = self._close
+        if code is not CloseCode.OVERFLOW:
+            self._enqueue_close()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                async with asyncio.timeout(limits.CLOSE_SECONDS):
+                    await asyncio.shield(sender)
+            if sender.done():
+                return
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(limits.CLOSE_SECONDS):
+                await self._ws.close(int(code), reason)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _enqueue(self, frame: bytes, seq: int = 0) -> None:
+        if seq == 0:
+            self._answers += 1
+            if self._answers > limits.OUTGOING_QUEUE:
+                self._ctx.metrics.refused("overflow")
+                self.close_soon(CloseCode.OVERFLOW, "client is not reading")
+                return
+        self._out.append((frame, seq))
+        self._out_ready.set()
+
+    def _enqueue_close(self) -> None:
+        self._out.append((b"", _DISCONNECTED))
+        self._out_ready.set()
+
+    async def _send_loop(self) -> None:
+        ws = self._ws
+        metrics = self._ctx.metrics
+        try:
+            while True:
+                while not self._out:
+                    self._out_ready.clear()
+                    await self._out_ready.wait()
+                frame, seq = self._out.popleft()
+                if seq == _DISCONNECTED:
+                    if self._close is not None:
+                        code, reason = self._close
+                        async with asyncio.timeout(limits.CLOSE_SECONDS):
+                            await ws.close(int(code), reason)
+                    return
+                async with asyncio.timeout(limits.OVERFLOW_SECONDS):
+                    await ws.send_bytes(frame)
+                if seq == 0:
+                    self._answers -= 1
+                else:
+                    metrics.messages_out.inc()
+        except TimeoutError:
+            metrics.refused("overflow")
+            self.close_soon(CloseCode.OVERFLOW, "client is not reading")
+        except Exception:  # the peer went away mid-write
+            self._peer_gone = True
+            self.close_soon(CloseCode.NORMAL, "")
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                message = await self._ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    self._peer_gone = True
+                    self.close_soon(CloseCode.NORMAL, "")
+                    return
+                data = message.get("bytes")
+                if data is None:
+                    reply = self._text_frame()
+                else:
+                    self._in_request = True
+                    try:
+                        reply = await self.session.receive(data)
+                    finally:
+                        self._in_request = False
+                await self._apply(reply)
+                if self._close is not None:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("connection reader failed", exc_info=True)
+            self.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _text_frame(self) -> Reply:
+        self._ctx.metrics.refused(ErrorCode.MALFORMED.name.lower())
+        return Reply([Error(ErrorCode.MALFORMED, "frames are binary messages").to_bytes()])
+
+    async def _apply(self, reply: Reply) -> None:
+        for frame in reply.frames:
+            self._enqueue(frame)
+        if reply.acked:
+            self._window.acked(reply.acked)
+            self._window_open.set()
+        if reply.close is not None:
+            self.close_soon(*reply.close)
+            return
+        if reply.authenticated:
+            await self._authenticated()
+
+    async def _authenticated(self) -> None:
+        ctx = self._ctx
+        session = self.session
+        user_id, device_id = session.user_id, session.device_id
+        if user_id is None or device_id is None:  # pragma: no cover - authenticated
+            return
+        ctx.metrics.authenticated.inc()
+        self._stamp = ctx.hub.next_stamp(ctx.now_ms())
+        try:
+            # Listen before reading the backlog, so nothing stored meanwhile is missed.
+            news = await ctx.notifier.listen(session.key)
+            self._listeners.append(news)
+            takeover = await ctx.notifier.listen(takeover_key(user_id, device_id))
+            self._listeners.append(takeover)
+            control = await ctx.notifier.listen(control_key(user_id, device_id))
+            self._listeners.append(control)
+            ctx.hub.attach(session.key, self)
+            await ctx.notifier.notify(takeover_key(user_id, device_id), self._stamp)
+        except Exception:
+            logger.warning("could not listen for a device's news", exc_info=True)
+            self.close_soon(CloseCode.TRY_AGAIN_LATER, "try again later")
+            return
+        self._tasks.append(asyncio.create_task(self._deliver_loop(news), name="e2ee-ws-deliver"))
+        self._tasks.append(asyncio.create_task(self._takeover_loop(takeover), name="e2ee-ws-take"))
+        self._tasks.append(asyncio.create_task(self._control_loop(control), name="e2ee-ws-ctl"))
+
+    # --- delivery -----------------------------------------------------------------------
+
+    async def _deliver_loop(self, news: Listener) -> None:
+        """Backlog from sequence 0, ``CaughtUp``, then live (DESIGN 5)."""
+        ctx = self._ctx
+        user_id, device_id = self.session.user_id, self.session.device_id
+        if user_id is None or device_id is None:  # pragma: no cover - authenticated
+            return
+        cursor = 0
+        seen = 0
+        caught_up = False
+        try:
+            with contextlib.suppress(StorageError):
+                ctx.metrics.queue_depth.set(await ctx.storage.messages.depth(user_id, device_id))
+            while True:
+                try:
+                    batch = await ctx.storage.messages.fetch(
+                        user_id, device_id, cursor, limits.FETCH_BATCH, ctx.now_ms()
+                    )
+                except StorageError:
+                    logger.warning("delivery fetch failed; retrying", exc_info=True)
+                    await asyncio.sleep(_STORAGE_RETRY_SECONDS)
+                    continue
+                for message in batch:
+                    await self._wait_window()
+                    self._window.sent(message.seq, len(message.ciphertext))
+                    self._enqueue(deliver_frame(message), message.seq)
+                    cursor = message.seq
+                if len(batch) == limits.FETCH_BATCH:
+                    continue
+                if not caught_up:
+                    caught_up = True
+                    self._enqueue(CaughtUp().to_bytes())
+                latest = await news.wait(max(cursor, seen), limits.IDLE_RECHECK_SECONDS)
+                if latest is not None:
+                    seen = latest
+        except _Overflow:
+            ctx.metrics.refused("overflow")
+            self.close_soon(CloseCode.OVERFLOW, "client stopped acknowledging")
+
+    async def _wait_window(self) -> None:
+        while not self._window.has_room():
+            self._window_open.clear()
+            try:
+                async with asyncio.timeout(limits.ACK_STALL_SECONDS):
+                    await self._window_open.wait()
+            except TimeoutError:
+                raise _Overflow from None
+
+    # --- control ------------------------------------------------------------------------
+
+    async def _takeover_loop(self, takeover: Listener) -> None:
+        """A newer connection of this device (on any node) closes this one."""
+        while True:
+            if await takeover.wait(self._stamp, limits.IDLE_RECHECK_SECONDS) is not None:
+                self.close_soon(CloseCode.CONNECTED_ELSEWHERE, "connected elsewhere")
+                return
+
+    async def _control_loop(self, control: Listener) -> None:
+        """Re-read the device's state when told it changed (removed, prekeys low)."""
+        seen = control.latest
+        while True:
+            latest = await control.wait(seen, limits.IDLE_RECHECK_SECONDS)
+            if latest is None:
+                continue
+            seen = latest
+            reply = await self.session.state_check()
+            await self._apply(reply)
+            if reply.close is not None:
+                return
+
+
+def routes(ctx: RelayContext) -> list[BaseRoute]:
+    """``/v1/ws``."""
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await Connection(ctx, websocket).run()
+
+    return [WebSocketRoute("/v1/ws", endpoint)]

@@ -1,0 +1,180 @@
+"""Sends and deliveries over a real relay (uvicorn, real WebSockets) on every storage:
+offline queue in order then CaughtUp, unacknowledged come back, acknowledged never,
+mismatch, idempotent resend, live delivery, delivery window."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from e2ee.relay_frames import (
+    Accepted,
+    CaughtUp,
+    Deliver,
+    Error,
+    ErrorCode,
+    KeyCheck,
+    KeyStatus,
+    Mismatch,
+)
+from server.limits import DELIVERY_WINDOW
+from tests.server.pg import pg_url
+from tests.server.relay_client import RunningRelay
+from tests.server.relay_fixtures import memory_relay, relay
+
+__all__ = ["memory_relay", "pg_url", "relay"]
+
+
+def msg_id() -> bytes:
+    return secrets.token_bytes(16)
+
+
+@pytest.mark.asyncio
+async def test_offline_queue_in_order_then_caught_up_and_ack_semantics(relay: RunningRelay) -> None:
+    client = relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    for i in range(5):
+        await a.send_message(msg_id(), [(bob.user_id, [(1001, f"m{i}".encode())])])
+        await a.expect(Accepted)
+
+    b = await client.connect(bob)
+    caught, delivered = await b.recv_until(CaughtUp)
+    assert isinstance(caught, CaughtUp)
+    texts = [f.ciphertext for f in delivered if isinstance(f, Deliver)]
+    assert texts == [f"m{i}".encode() for i in range(5)]
+    seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert all(f.sender_user == alice.user_id and f.sender_device == 1001 for f in delivered)
+    # Acknowledge the first two only, then reconnect.
+    await b.ack(seqs[:2])
+    await b.close()
+
+    b = await client.connect(bob)
+    _, again = await b.recv_until(CaughtUp)
+    assert [f.seq for f in again if isinstance(f, Deliver)] == seqs[2:]
+    await b.ack(seqs[2:])
+    await b.close()
+
+    b = await client.connect(bob)
+    _, none = await b.recv_until(CaughtUp)
+    assert none == []
+    # Live: a message sent now arrives without reconnecting.
+    await a.send_message(msg_id(), [(bob.user_id, [(1001, b"live")])])
+    await a.expect(Accepted)
+    live = await b.expect(Deliver)
+    assert live.ciphertext == b"live" and live.seq > seqs[-1]
+    await b.close()
+    await a.close()
+
+
+@pytest.mark.asyncio
+async def test_mismatch_on_missing_and_extra_devices(relay: RunningRelay) -> None:
+    client = relay.client()
+    alice = await client.create_account(devices=2)
+    bob = await client.create_account(devices=2)
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    mid = msg_id()
+    # Bob's 1002 missing, an unknown 7 extra; Alice's own 1002 missing.
+    await a.send_message(mid, [(bob.user_id, [(1001, b"x"), (7, b"y")])])
+    mismatch = await a.expect(Mismatch)
+    assert mismatch.client_msg_id == mid
+    assert len(mismatch.users) == 1
+    (user,) = mismatch.users
+    assert (user.user_id, user.missing, user.extra) == (bob.user_id, (1002,), (7,))
+    # Addressing the sending device itself is extra.
+    await a.send_message(
+        msg_id(),
+        [
+            (bob.user_id, [(1001, b"x"), (1002, b"x")]),
+            (alice.user_id, [(1001, b"x"), (1002, b"x")]),
+        ],
+    )
+    mismatch = await a.expect(Mismatch)
+    assert [(u.user_id, u.extra) for u in mismatch.users] == [(alice.user_id, (1001,))]
+    # Nothing was stored.
+    b = await client.connect(bob)
+    _, before = await b.recv_until(CaughtUp)
+    assert before == []
+    await b.close()
+    await a.close()
+
+
+@pytest.mark.asyncio
+async def test_idempotent_resend_and_conflict(relay: RunningRelay) -> None:
+    client = relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    mid = msg_id()
+    addressed = [(bob.user_id, [(1001, b"once")])]
+    await a.send_message(mid, addressed)
+    first = await a.expect(Accepted)
+    await a.close()
+    # A retry after reconnecting (as after a drop between commit and answer).
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    await a.send_message(mid, addressed)
+    second = await a.expect(Accepted)
+    assert second == first
+    # Same id, other content.
+    await a.send_message(mid, [(bob.user_id, [(1001, b"other")])])
+    error = await a.expect(Error)
+    assert error.code is ErrorCode.IDEMPOTENCY_CONFLICT and error.client_msg_id == mid
+    # One copy delivered; after the recipient acknowledged it, a retry stores nothing.
+    b = await client.connect(bob)
+    _, delivered = await b.recv_until(CaughtUp)
+    assert [f.ciphertext for f in delivered if isinstance(f, Deliver)] == [b"once"]
+    await b.ack([delivered[0].seq])  # type: ignore[union-attr]
+    await a.send_message(mid, addressed)
+    assert await a.expect(Accepted) == first
+    await b.close()
+    b = await client.connect(bob)
+    _, after = await b.recv_until(CaughtUp)
+    assert after == []
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_send_to_unknown_user_and_oversized_ciphertext(memory_relay: RunningRelay) -> None:
+    client = memory_relay.client()
+    alice = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    mid = msg_id()
+    await a.send_message(mid, [("nobody-here", [(1, b"x")])])
+    error = await a.expect(Error)
+    assert error.code is ErrorCode.UNKNOWN_USER and error.client_msg_id == mid
+    await a.close()
+
+
+@pytest.mark.asyncio
+async def test_delivery_window_holds_back_until_acks(memory_relay: RunningRelay) -> None:
+    client = memory_relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    total = DELIVERY_WINDOW + 10
+    for i in range(total):
+        await a.send_message(msg_id(), [(bob.user_id, [(1001, i.to_bytes(2, "big"))])])
+        await a.expect(Accepted)
+    b = await client.connect(bob)
+    first = [await b.expect(Deliver) for _ in range(DELIVERY_WINDOW)]
+    # The window is full: a request's answer comes next, not another delivery (without
+    # the window the rest would have been queued long before it).
+    await b.send(KeyCheck(b.next_req()))
+    await b.expect(KeyStatus)
+    # Acknowledging opens the window for the rest, then CaughtUp.
+    await b.ack([f.seq for f in first])
+    _, rest = await b.recv_until(CaughtUp)
+    got = [int.from_bytes(f.ciphertext, "big") for f in first + rest if isinstance(f, Deliver)]
+    assert got == list(range(total))
+    await a.close()
+    await b.close()
