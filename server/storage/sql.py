@@ -11,6 +11,9 @@ Every operation is one synchronous function of :mod:`server.storage.sql_ops`; a
 * :class:`PostgresRunner`: an asyncpg :class:`~sqlalchemy.ext.asyncio.AsyncEngine`;
   each operation is its own transaction through ``AsyncConnection.run_sync``,
   retried when it lost a race (unique violation, serialization failure, deadlock).
+  The per-message operations (accept, fetch, ack; depth and the device lookup too)
+  skip it: :mod:`server.storage.pg_hot` runs each as one autocommit statement on a
+  raw asyncpg connection of its own pool (:attr:`PostgresRunner.hot`).
 
 Driver failures become :class:`~server.storage.base.StorageUnavailable` after the
 transaction was rolled back; a caller that got it may retry (sends are idempotent).
@@ -28,6 +31,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from . import sql_ops as ops
 from . import sqlite_hot as hot
@@ -42,6 +46,7 @@ from .base import (
     StorageUnavailable,
     StoredPreKey,
 )
+from .pg_hot import HotPool, PgHot
 
 __all__ = [
     "PG_POOL_SIZE",
@@ -49,6 +54,7 @@ __all__ = [
     "PostgresRunner",
     "SqlStorage",
     "SqliteRunner",
+    "hot_connect_args",
     "postgres_engine",
     "sqlite_engine",
 ]
@@ -74,6 +80,19 @@ PG_COMMAND_TIMEOUT_S = 30.0
 """How long one PostgreSQL statement may run before the operation is unavailable."""
 PG_ATTEMPTS = 5
 """How often an operation that lost a race is run again before it is unavailable."""
+_PG_SERVER_SETTINGS = {
+    "application_name": PG_APPLICATION_NAME,
+    # An acknowledged write is on disk (the server default, made explicit so a server
+    # configured otherwise cannot weaken it).
+    "synchronous_commit": "on",
+    # Every query of the relay has an index path; a nearly empty, churned queue table
+    # analysed as empty must not turn them into sequential scans over its dead rows
+    # (docs/storage.md: the plans).
+    "enable_seqscan": "off",
+}
+"""Session settings of every PostgreSQL connection (the engine's and the hot path's)."""
+_SQLALCHEMY_ONLY_ARGS = ("prepared_statement_cache_size", "prepared_statement_name_func")
+"""Connection arguments SQLAlchemy's asyncpg dialect takes for itself."""
 _RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 """Serialization failure and deadlock: the transaction may simply run again."""
 
@@ -295,18 +314,19 @@ def postgres_engine(url: str, *, echo: bool = False, pool_size: int = PG_POOL_SI
         pool_timeout=PG_POOL_TIMEOUT_S,
         connect_args={
             "command_timeout": PG_COMMAND_TIMEOUT_S,
-            "server_settings": {
-                "application_name": PG_APPLICATION_NAME,
-                # An acknowledged write is on disk (the server default, made explicit
-                # so a server configured otherwise cannot weaken it).
-                "synchronous_commit": "on",
-                # Every query of the relay has an index path; a nearly empty, churned
-                # queue table analysed as empty must not turn them into sequential
-                # scans over its dead rows (docs/storage.md: the plans).
-                "enable_seqscan": "off",
-            },
+            "server_settings": dict(_PG_SERVER_SETTINGS),
         },
     )
+
+
+def hot_connect_args(engine: AsyncEngine) -> dict[str, Any]:
+    """``asyncpg.connect`` arguments for the engine's database, with the engine's
+    session settings and statement timeout (for :mod:`server.storage.pg_hot`)."""
+    _, params = engine.dialect.create_connect_args(engine.url)
+    kwargs = {k: v for k, v in params.items() if k not in _SQLALCHEMY_ONLY_ARGS}
+    kwargs["command_timeout"] = PG_COMMAND_TIMEOUT_S
+    kwargs["server_settings"] = dict(_PG_SERVER_SETTINGS)
+    return kwargs
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -320,11 +340,21 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class PostgresRunner:
-    """One transaction per operation on an asyncpg engine."""
+    """One transaction per operation on an asyncpg engine; the hot path
+    (:attr:`hot`) on raw asyncpg connections of a pool of its own, as large as the
+    engine's pool (connections are opened on demand)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, hot_pool_size: int | None = None) -> None:
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        if hot_pool_size is None:
+            pool = engine.pool
+            hot_pool_size = pool.size() if isinstance(pool, QueuePool) else PG_POOL_SIZE
+        size = hot_pool_size
+        self.hot = PgHot(
+            HotPool(hot_connect_args(engine), size, PG_POOL_TIMEOUT_S), attempts=PG_ATTEMPTS
+        )
+        """The per-message operations as single raw statements."""
 
     async def _run(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -376,6 +406,7 @@ class PostgresRunner:
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
+        await self.hot.aclose()
         await self._engine.dispose()
 
 
@@ -390,10 +421,12 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
 
 
 class SqlAccountStore:
-    """:class:`~server.storage.base.AccountStore` over a :class:`Runner`."""
+    """:class:`~server.storage.base.AccountStore` over a :class:`Runner` (the device
+    lookup through ``pg_hot`` when given)."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, *, pg_hot: PgHot | None = None) -> None:
         self._r = runner
+        self._pg = pg_hot
 
     async def create_account(self, account: AccountRecord, now_ms: int) -> None:
         """See :meth:`server.storage.base.AccountStore.create_account`.
@@ -418,6 +451,8 @@ class SqlAccountStore:
         Raises:
             StorageUnavailable: the database failed.
         """
+        if self._pg is not None:
+            return await self._pg.get_device(user_id, device_id)
         return await self._r.read_one(ops.get_device, user_id, device_id)
 
     async def replace_device_list(
@@ -479,10 +514,14 @@ class SqlPreKeyStore:
 
 class SqlMessageStore:
     """:class:`~server.storage.base.MessageStore` over a :class:`Runner`; with
-    ``sqlite_hot`` the hot operations run :mod:`server.storage.sqlite_hot`'s raw SQL."""
+    ``sqlite_hot`` the hot operations run :mod:`server.storage.sqlite_hot`'s raw SQL,
+    with ``pg_hot`` they (and ``depth``) run :mod:`server.storage.pg_hot`'s."""
 
-    def __init__(self, runner: Runner, *, sqlite_hot: bool = False) -> None:
+    def __init__(
+        self, runner: Runner, *, sqlite_hot: bool = False, pg_hot: PgHot | None = None
+    ) -> None:
         self._r = runner
+        self._pg = pg_hot
         self._accept = hot.accept if sqlite_hot else ops.accept
         self._fetch = hot.fetch if sqlite_hot else ops.fetch
         self._ack = hot.ack if sqlite_hot else ops.ack
@@ -506,6 +545,17 @@ class SqlMessageStore:
             QueueFull: an addressed device's queue is at ``queue_quota``.
             StorageUnavailable: the database failed; nothing was stored.
         """
+        if self._pg is not None:
+            return await self._pg.accept(
+                sender_user,
+                sender_device,
+                client_msg_id,
+                digest,
+                addressed,
+                now_ms,
+                expires_at_ms,
+                queue_quota,
+            )
         return await self._r.write(
             self._accept,
             sender_user,
@@ -526,6 +576,8 @@ class SqlMessageStore:
         Raises:
             StorageUnavailable: the database failed.
         """
+        if self._pg is not None:
+            return await self._pg.fetch(user_id, device_id, after_seq, limit, now_ms)
         return await self._r.read_one(self._fetch, user_id, device_id, after_seq, limit, now_ms)
 
     async def ack(self, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
@@ -534,6 +586,8 @@ class SqlMessageStore:
         Raises:
             StorageUnavailable: the database failed.
         """
+        if self._pg is not None:
+            return await self._pg.ack(user_id, device_id, seqs)
         return await self._r.write(self._ack, user_id, device_id, seqs)
 
     async def depth(self, user_id: str, device_id: int) -> int:
@@ -542,6 +596,8 @@ class SqlMessageStore:
         Raises:
             StorageUnavailable: the database failed.
         """
+        if self._pg is not None:
+            return await self._pg.depth(user_id, device_id)
         return await self._r.read_one(ops.depth, user_id, device_id)
 
     async def purge_expired(self, now_ms: int, limit: int) -> int:
@@ -703,15 +759,19 @@ class SqlStorage:
     """:class:`~server.storage.base.Storage` over one database (use
     :func:`server.storage.open_storage`, which checks the schema first)."""
 
-    def __init__(self, runner: Runner, *, dialect: str, sqlite_hot: bool | None = None) -> None:
+    def __init__(self, runner: Runner, *, dialect: str, hot: bool = True) -> None:
+        """``hot=False`` runs the hot operations as SQLAlchemy Core too (to measure
+        the difference, ``bench/storage_ops.py``; and to keep the Core versions tested).
+        """
         self._runner = runner
         self.dialect = dialect
         """``sqlite`` or ``postgresql``."""
-        self._accounts = SqlAccountStore(runner)
+        pg_hot = runner.hot if hot and isinstance(runner, PostgresRunner) else None
+        self._accounts = SqlAccountStore(runner, pg_hot=pg_hot)
         self._prekeys = SqlPreKeyStore(runner)
-        if sqlite_hot is None:
-            sqlite_hot = dialect == "sqlite"
-        self._messages = SqlMessageStore(runner, sqlite_hot=sqlite_hot)
+        self._messages = SqlMessageStore(
+            runner, sqlite_hot=hot and dialect == "sqlite", pg_hot=pg_hot
+        )
         self._blobs = SqlBlobStore(runner)
         self._links = SqlLinkStore(runner)
         self._nonces = SqlNonceStore(runner)
