@@ -33,7 +33,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+import asyncpg  # asyncpg ships no type information
 
 from .base import (
     Acceptance,
