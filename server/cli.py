@@ -115,6 +115,9 @@ class ServeCommand:
             level=logging.DEBUG if settings.log_level in ("debug", "trace") else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        # Alembic announces each of its plug-ins at INFO when it is first imported; an
+        # operator wants the migrations applied (still logged), not that.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
         try:
             asyncio.run(_serve(settings))
         except (RelayError, StorageError) as exc:
