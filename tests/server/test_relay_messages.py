@@ -4,6 +4,7 @@ mismatch, idempotent resend, live delivery, delivery window."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -20,7 +21,7 @@ from e2ee.relay_frames import (
 )
 from server.limits import DELIVERY_WINDOW
 from tests.server.pg import pg_url
-from tests.server.relay_client import RunningRelay
+from tests.server.relay_client import WAIT, RunningRelay
 from tests.server.relay_fixtures import memory_relay, relay
 
 __all__ = ["memory_relay", "pg_url", "relay"]
@@ -28,6 +29,15 @@ __all__ = ["memory_relay", "pg_url", "relay"]
 
 def msg_id() -> bytes:
     return secrets.token_bytes(16)
+
+
+async def _queue_depth_becomes(
+    relay: RunningRelay, user_id: str, device_id: int, depth: int
+) -> None:
+    """Poll the relay's storage until the device's queue holds ``depth`` messages."""
+    async with asyncio.timeout(WAIT):
+        while await relay.ctx.storage.messages.depth(user_id, device_id) != depth:
+            await asyncio.sleep(0.01)
 
 
 @pytest.mark.asyncio
@@ -49,15 +59,19 @@ async def test_offline_queue_in_order_then_caught_up_and_ack_semantics(relay: Ru
     seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     assert all(f.sender_user == alice.user_id and f.sender_device == 1001 for f in delivered)
-    # Acknowledge the first two only, then reconnect.
+    # Acknowledge the first two only, then reconnect. An ack has no answer: wait
+    # (bounded) until the relay applied it, which also shows that an ack sent just
+    # before the socket closes is not lost.
     await b.ack(seqs[:2])
     await b.close()
+    await _queue_depth_becomes(relay, bob.user_id, 1001, 3)
 
     b = await client.connect(bob)
     _, again = await b.recv_until(CaughtUp)
     assert [f.seq for f in again if isinstance(f, Deliver)] == seqs[2:]
     await b.ack(seqs[2:])
     await b.close()
+    await _queue_depth_becomes(relay, bob.user_id, 1001, 0)
 
     b = await client.connect(bob)
     _, none = await b.recv_until(CaughtUp)
