@@ -8,12 +8,25 @@ heads, no trailing bytes. The decoder checks the size first, then parses, and
 finally re-encodes the value with ``cbor2``'s canonical encoder and requires the
 same bytes, so a value has exactly one accepted encoding.
 
+Speed: both directions first try ``cbor2``'s native codec, guarded so that it can
+only ever give the strict codec's answer. :func:`decode` parses with
+:func:`cbor2.loads`, walks the result (data model, 64-bit integer range, map keys
+in ascending order, depth, and a size budget that bounds the walk by the input's
+length), and re-encodes it with :func:`cbor2.dumps`; only a value of the data model
+whose encoding is exactly the input is returned, and since that encoding is unique,
+it is the value the strict decoder gives. Anything else (an error, a type outside
+the model, other bytes) goes to the strict decoder, which accepts or raises the
+precise typed error. :func:`encode` walks the value with the encoder's own rules
+(and ascending keys), then calls :func:`cbor2.dumps`; any other value goes to the
+strict encoder, which encodes it or raises.
+
 Field helpers (:func:`expect_map`, :func:`field_int`, ...) turn a decoded map into
 typed values with :class:`~e2ee.errors.DecodeError` on any mismatch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, TypeAlias
 
 import cbor2
@@ -62,6 +75,110 @@ MAX_MAP_KEY: Final = 255
 """Largest map key: protocol maps use small integer keys only."""
 _U64_MAX: Final = 2**64 - 1
 _INT_MIN: Final = -(2**64)
+_FAST_MAX_DEPTH: Final = 64
+"""Deepest ``depth`` argument the native fast path of :func:`decode` serves (the walk
+recurses once per level); a caller asking for deeper nesting gets the strict decoder.
+Far below ``cbor2``'s own nesting limit and Python's recursion limit."""
+
+
+class _Outside(Exception):
+    """Internal: the fast path cannot vouch for this value; use the strict codec."""
+
+
+# --- native fast path --------------------------------------------------------------------
+
+
+def _check_decoded(container: list[object] | dict[object, object], levels: int, budget: int) -> int:
+    """Check a list or map :func:`cbor2.loads` returned against the strict data model.
+
+    ``levels`` is how many more containers may nest, this one included, and
+    ``budget`` how many input bytes are not yet accounted for, this container's head
+    already paid. Every item takes at least one byte of a canonical encoding and a
+    string at least one per character, so a value needing more than the input holds
+    cannot be its canonical decoding: each container pays for its items before the
+    walk visits them, and stops the walk once the budget runs out. That bounds the
+    walk by the input length, even when shared references (tags 28/29) or string
+    references make a value far larger than its encoding, or cyclic. Map keys must
+    come in strictly ascending order (``loads`` keeps the input's order), so that
+    ``cbor2``'s plain encoder reproduces a canonical input.
+
+    Returns:
+        The budget left (negative when the strings overdrew it).
+
+    Raises:
+        _Outside: a type outside the model (float, tag, simple value, datetime, ...),
+            an integer beyond 64 bits (cbor2 reads bignum tags as ints), a bool,
+            out-of-range or out-of-order map key, nesting beyond ``levels``, or an
+            exhausted budget.
+    """
+    elements: Iterable[object]
+    if type(container) is list:
+        elements = container
+        budget -= len(container)
+    else:  # a dict: the callers pass nothing else
+        mapping: dict[object, object] = container  # type: ignore[assignment]
+        budget -= 2 * len(mapping)
+        previous = -1
+        for key in mapping:
+            if type(key) is not int or not previous < key <= MAX_MAP_KEY:
+                raise _Outside
+            previous = key
+        elements = mapping.values()
+    if levels <= 0 or budget < 0:
+        raise _Outside
+    for element in elements:
+        kind = type(element)
+        if kind is bytes or kind is str:
+            budget -= len(element)  # type: ignore[arg-type]
+        elif kind is int:
+            if not _INT_MIN <= element <= _U64_MAX:  # type: ignore[operator]
+                raise _Outside
+        elif kind is list or kind is dict:
+            budget = _check_decoded(element, levels - 1, budget)  # type: ignore[arg-type]
+        elif kind is not bool and element is not None:
+            raise _Outside
+    return budget
+
+
+def _check_encodable(container: object, levels: int) -> None:
+    """Check a list or map with the strict encoder's rules (types, 64-bit integers, map
+    keys in 0..MAX_MAP_KEY and, here, in ascending order, nesting: ``levels`` is how
+    many more containers may nest, this one included). Text is checked by
+    :func:`cbor2.dumps` itself (lone surrogates raise).
+
+    Raises:
+        _Outside: the strict encoder would refuse the value (it then raises the
+            error), or its keys are out of order (it then sorts them).
+    """
+    kind = type(container)
+    elements: Iterable[object]
+    if kind is list:
+        elements = container  # type: ignore[assignment]
+    elif kind is dict:
+        mapping: dict[object, object] = container  # type: ignore[assignment]
+        previous = -1
+        for key in mapping:
+            # Ascending keys only (the usual literal order): cbor2's plain encoder,
+            # which keeps the dict's order, then writes the canonical encoding.
+            if type(key) is not int or not previous < key <= MAX_MAP_KEY:
+                raise _Outside
+            previous = key
+        elements = mapping.values()
+    else:
+        raise _Outside
+    if levels <= 0:
+        raise _Outside
+    for element in elements:
+        kind = type(element)
+        if kind is bytes or kind is str or kind is bool or element is None:
+            continue
+        if kind is int or (isinstance(element, int) and type(element).__int__ is int.__int__):
+            # An int subclass (IntEnum) that keeps int's conversion: cbor2 reads the
+            # same number as the strict encoder's int(value). bool went above.
+            if not _INT_MIN <= element <= _U64_MAX:  # type: ignore[operator]
+                raise _Outside
+        else:
+            _check_encodable(element, levels - 1)
 
 
 # --- encoder ---------------------------------------------------------------------------
@@ -147,16 +264,28 @@ def _encode_into(value: Value, out: bytearray, depth: int) -> None:
         raise InvalidArgument(f"type {kind.__name__} has no CBOR encoding here")
 
 
-def encode(value: Value) -> bytes:
-    """Encode ``value`` in canonical CBOR.
-
-    Raises:
-        InvalidArgument: the value holds a type outside the data model (a float, a
-            non-integer map key, ...), an integer beyond 64 bits, or nests too deeply.
-    """
+def _encode_strict(value: Value) -> bytes:
+    """The pure-Python encoder: the reference, and the source of every encode error."""
     out = bytearray()
     _encode_into(value, out, 0)
     return bytes(out)
+
+
+def encode(value: Value) -> bytes:
+    """Encode ``value`` in canonical CBOR (RFC 8949 4.2.1; docs/protocol.md 1.2).
+
+    Raises:
+        InvalidArgument: the value holds a type outside the data model (a float, a
+            non-integer map key, ...), an integer beyond 64 bits, text that is not
+            encodable as UTF-8, or nests too deeply.
+    """
+    try:
+        _check_encodable([value], MAX_CBOR_DEPTH + 1)  # in a list: scalars too
+        return cbor2.dumps(value)
+    except (_Outside, ValueError, cbor2.CBOREncodeError):
+        # Refused by the walk, or text with lone surrogates (UnicodeEncodeError): the
+        # strict encoder raises the documented error.
+        return _encode_strict(value)
 
 
 # --- decoder ---------------------------------------------------------------------------
@@ -259,10 +388,28 @@ class _Decoder:
         raise CBORUnsupportedType(f"CBOR simple value {info} is not allowed")
 
 
+def _decode_strict(data: bytes, depth: int) -> Value:
+    """The pure-Python strict decoder: the reference, and the source of every decode
+    error (``data`` already within its size limit).
+
+    Raises:
+        CBORDecodeError: as :func:`decode`.
+    """
+    decoder = _Decoder(data, depth)
+    value = decoder.item(0)
+    if decoder.pos != decoder.end:
+        raise CBORTrailingBytes(f"{decoder.end - decoder.pos} bytes after the CBOR item")
+    # Belt and braces: an independent canonical encoder must give the same bytes.
+    if cbor2.dumps(value, canonical=True) != data:  # pragma: no cover - the parser's
+        # checks above already guarantee this; kept as a second, independent guard.
+        raise CBORNonCanonical("CBOR input is not in canonical form")
+    return value
+
+
 def decode(
     data: bytes, *, max_size: int = MAX_STRUCTURE_SIZE, depth: int = MAX_CBOR_DEPTH
 ) -> Value:
-    """Decode one canonical CBOR item that spans all of ``data``.
+    """Decode one canonical CBOR item that spans all of ``data`` (docs/protocol.md 1.2).
 
     Raises:
         CBORDecodeError: one subclass per rule broken (:class:`~e2ee.errors.CBORTooLarge`,
@@ -277,15 +424,22 @@ def decode(
     if len(data) > max_size:
         raise CBORTooLarge(f"CBOR input of {len(data)} bytes exceeds {max_size}")
     data = bytes(data)
-    decoder = _Decoder(data, depth)
-    value = decoder.item(0)
-    if decoder.pos != decoder.end:
-        raise CBORTrailingBytes(f"{decoder.end - decoder.pos} bytes after the CBOR item")
-    # Belt and braces: an independent canonical encoder must give the same bytes.
-    if cbor2.dumps(value, canonical=True) != data:  # pragma: no cover - the parser's
-        # checks above already guarantee this; kept as a second, independent guard.
-        raise CBORNonCanonical("CBOR input is not in canonical form")
-    return value
+    if depth <= _FAST_MAX_DEPTH:
+        try:
+            value = cbor2.loads(data)
+            # In a one-item list: the walk checks containers, and a scalar too.
+            if _check_decoded([value], depth + 1, len(data)) < 0:
+                raise _Outside
+            # The walk bounded the value by the input, so this re-encoding is cheap;
+            # with ascending keys the plain encoder writes the canonical encoding (and
+            # is faster than canonical=True). Equal bytes: ``data`` is the unique
+            # canonical encoding of a value of the model, which the strict decoder
+            # accepts and decodes to this very value.
+            if cbor2.dumps(value) == data:
+                return value  # type: ignore[no-any-return]
+        except Exception:  # noqa: S110 - any failure: the strict decoder decides
+            pass
+    return _decode_strict(data, depth)
 
 
 # --- typed field access ----------------------------------------------------------------
