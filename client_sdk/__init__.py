@@ -1,1 +1,2 @@
-"""Client SDK (see issue 4); nothing here yet."""
+"""Client SDK (issue 4, DESIGN 6): so far its encrypted local store
+(:mod:`client_sdk.store`) and its error tree (:mod:`client_sdk.errors`)."""
