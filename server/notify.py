@@ -74,36 +74,49 @@ class Notifier(Protocol):
 
 
 class _Listener:
-    __slots__ = ("_board", "_event", "_key", "latest")
+    __slots__ = ("_board", "_key", "_waiters", "latest")
 
     def __init__(self, board: _Board, key: str) -> None:
         self._board = board
         self._key = key
-        self._event = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
+        """The waits in progress (a future each: a task wakes only when it waits)."""
         self.latest = 0
 
     def _announce(self, seq: int) -> None:
         if seq > self.latest:
             self.latest = seq
-            self._event.set()
+            if self._waiters:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    _wake(waiter)
 
     async def wait(self, after: int, timeout: float) -> int | None:
+        if self.latest > after:
+            return self.latest
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.latest <= after:
-            self._event.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 return None
+            waiter: asyncio.Future[None] = loop.create_future()
+            timer = loop.call_at(deadline, _wake, waiter)
+            self._waiters.append(waiter)
             try:
-                async with asyncio.timeout(remaining):
-                    await self._event.wait()
-            except TimeoutError:
-                return None
+                await waiter
+            finally:
+                timer.cancel()
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         return self.latest
 
     async def aclose(self) -> None:
         await self._board.remove(self._key, self)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Board:

@@ -78,7 +78,14 @@ from .storage.base import (
     UnknownAccount,
 )
 
-__all__ = ["MAX_CIPHERTEXT", "DeliveryWindow", "RelaySession", "Reply"]
+__all__ = [
+    "MAX_CIPHERTEXT",
+    "DeliveryWindow",
+    "RelaySession",
+    "Reply",
+    "accepted_frame",
+    "deliver_frame",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +142,92 @@ class DeliveryWindow:
         return len(self._in_flight)
 
 
+# --- the per-message frames, encoded directly ---------------------------------------------
+#
+# ``Deliver`` and ``Accepted`` go out once per message each; building the frame object
+# and walking it through the generic canonical CBOR encoder cost several times the
+# encoding itself. These functions write the same canonical bytes directly (a map with
+# its integer keys in order, every head in its shortest form); tests/server/
+# test_fast_frames.py pins them to ``Deliver(...).to_bytes()`` and
+# ``Accepted(...).to_bytes()``. A value outside the plain cases (not exactly int,
+# bytes or str; out of range) takes the generic encoder, which also raises its errors.
+
+_U64_END: Final = 1 << 64
+"""One past the largest CBOR unsigned integer."""
+
+
+def _head(major: int, arg: int) -> bytes:
+    """The canonical CBOR head of major type ``major`` (shifted: ``0x40`` for bytes)
+    with argument ``0 <= arg < 2**64``."""
+    if arg < 24:
+        return bytes((major | arg,))
+    if arg < 0x100:
+        return bytes((major | 24, arg))
+    if arg < 0x10000:
+        return bytes((major | 25,)) + arg.to_bytes(2, "big")
+    if arg < 0x100000000:
+        return bytes((major | 26,)) + arg.to_bytes(4, "big")
+    return bytes((major | 27,)) + arg.to_bytes(8, "big")
+
+
+def _plain_uint(value: object) -> bool:
+    return type(value) is int and 0 <= value < _U64_END
+
+
+_DELIVER_HEAD: Final = b"\xa6\x00" + _head(0, int(Deliver.TYPE)) + b"\x01"
+"""A six-entry map, key 0 the frame type, then key 1."""
+_ACCEPTED_HEAD: Final = b"\xa3\x00" + _head(0, int(Accepted.TYPE)) + b"\x01"
+"""A three-entry map, key 0 the frame type, then key 1."""
+
+
 def deliver_frame(message: QueuedMessage) -> bytes:
-    """The ``Deliver`` frame of one queued message."""
-    return Deliver(
-        message.seq,
-        message.sender_user,
-        message.sender_device,
-        message.accepted_at_ms,
-        message.ciphertext,
-    ).to_bytes()
+    """The ``Deliver`` frame of one queued message (``Deliver(...).to_bytes()``)."""
+    seq = message.seq
+    sender_user = message.sender_user
+    sender_device = message.sender_device
+    accepted_at_ms = message.accepted_at_ms
+    ciphertext = message.ciphertext
+    if (
+        _plain_uint(seq)
+        and _plain_uint(sender_device)
+        and _plain_uint(accepted_at_ms)
+        and type(ciphertext) is bytes
+        and type(sender_user) is str
+        and sender_user.isascii()
+    ):
+        user = sender_user.encode("ascii")
+        return b"".join(
+            (
+                _DELIVER_HEAD,
+                _head(0, seq),
+                b"\x02",
+                _head(0x60, len(user)),
+                user,
+                b"\x03",
+                _head(0, sender_device),
+                b"\x04",
+                _head(0, accepted_at_ms),
+                b"\x05",
+                _head(0x40, len(ciphertext)),
+                ciphertext,
+            )
+        )
+    return Deliver(seq, sender_user, sender_device, accepted_at_ms, ciphertext).to_bytes()
+
+
+def accepted_frame(client_msg_id: bytes, accepted_at_ms: int) -> bytes:
+    """The ``Accepted`` frame (``Accepted(client_msg_id, accepted_at_ms).to_bytes()``)."""
+    if type(client_msg_id) is bytes and _plain_uint(accepted_at_ms):
+        return b"".join(
+            (
+                _ACCEPTED_HEAD,
+                _head(0x40, len(client_msg_id)),
+                client_msg_id,
+                b"\x02",
+                _head(0, accepted_at_ms),
+            )
+        )
+    return Accepted(client_msg_id, accepted_at_ms).to_bytes()
 
 
 def _prekey(encoded: bytes | None, kind: PreKeyKind) -> SignedPublicPreKey | None:
@@ -166,6 +250,7 @@ class RelaySession:
         self.user_id: str | None = None
         self.device_id: int | None = None
         self.device: DeviceRecord | None = None
+        self._key: str | None = None
         self._auth_tried = False
         self._bad_frames = 0
         self._frames = RateLimiter("frames per connection", ctx.settings.rate_frames, max_keys=1)
@@ -188,9 +273,9 @@ class RelaySession:
         Raises:
             InvalidRequest: not authenticated.
         """
-        if self.user_id is None or self.device_id is None:
+        if self._key is None:
             raise InvalidRequest("not authenticated")
-        return device_key(self.user_id, self.device_id)
+        return self._key
 
     async def receive(self, data: bytes) -> Reply:
         """Handle one client frame (never raises: every refusal is in the reply)."""
@@ -297,6 +382,7 @@ class RelaySession:
         self.user_id = frame.user_id
         self.device_id = frame.device_id
         self.device = device
+        self._key = device_key(frame.user_id, frame.device_id)
         return Reply([AuthOk(ctx.now_ms()).to_bytes()], authenticated=True)
 
     def _verify_auth(self, frame: Auth, device: DeviceRecord) -> None:
@@ -372,7 +458,7 @@ class RelaySession:
             ctx.metrics.messages_in.inc()
         for target_user, target_device, seq in outcome.deliveries:
             await ctx.notifier.notify(device_key(target_user, target_device), seq)
-        return Reply([Accepted(frame.client_msg_id, outcome.accepted_at_ms).to_bytes()])
+        return Reply([accepted_frame(frame.client_msg_id, outcome.accepted_at_ms)])
 
     async def _ack(self, frame: Ack) -> Reply:
         user_id, device_id, _ = self._me()

@@ -53,7 +53,12 @@ class Connection:
         self.session = RelaySession(ctx, ctx.rng(limits.NONCE_SIZE), ip)
         self._out: deque[tuple[bytes, int]] = deque()
         """Frames to write, with the delivery sequence (0: not a delivery)."""
-        self._out_ready = asyncio.Event()
+        self._out_waiter: asyncio.Future[None] | None = None
+        """The sender's wait for a frame (set only while the queue is empty)."""
+        self._write_started: float | None = None
+        """When the write in progress began (loop time; ``None``: not writing)."""
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._write_guard: asyncio.Timeout | None = None
         self._answers = 0
         self._window = DeliveryWindow()
         self._window_open = asyncio.Event()
@@ -166,39 +171,87 @@ class Connection:
                 self.close_soon(CloseCode.OVERFLOW, "client is not reading")
                 return
         self._out.append((frame, seq))
-        self._out_ready.set()
+        self._wake_sender()
 
     def _enqueue_close(self) -> None:
         self._out.append((b"", _DISCONNECTED))
-        self._out_ready.set()
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        waiter = self._out_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _send_loop(self) -> None:
+        """Write the queued frames in order, every write bounded by
+        :data:`~server.limits.OVERFLOW_SECONDS`.
+
+        The bound is one timeout around the whole loop, expired by :meth:`_check_write`
+        (a timer armed at most once per bound) when the write in progress began
+        ``OVERFLOW_SECONDS`` ago: a write rarely waits (only when the socket's buffer
+        is full), and a timeout context per frame cost more than the write itself.
+        """
         ws = self._ws
+        out = self._out
         metrics = self._ctx.metrics
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                while not self._out:
-                    self._out_ready.clear()
-                    await self._out_ready.wait()
-                frame, seq = self._out.popleft()
-                if seq == _DISCONNECTED:
-                    if self._close is not None:
-                        code, reason = self._close
-                        async with asyncio.timeout(limits.CLOSE_SECONDS):
-                            await ws.close(int(code), reason)
-                    return
-                async with asyncio.timeout(limits.OVERFLOW_SECONDS):
+            async with asyncio.timeout(None) as guard:
+                self._write_guard = guard
+                while True:
+                    if not out:
+                        waiter: asyncio.Future[None] = loop.create_future()
+                        self._out_waiter = waiter
+                        try:
+                            await waiter
+                        finally:
+                            self._out_waiter = None
+                        continue
+                    frame, seq = out.popleft()
+                    if seq == _DISCONNECTED:
+                        if self._close is not None:
+                            code, reason = self._close
+                            async with asyncio.timeout(limits.CLOSE_SECONDS):
+                                await ws.close(int(code), reason)
+                        return
+                    self._write_started = started = loop.time()
+                    if self._watchdog is None:
+                        self._watchdog = loop.call_at(
+                            started + limits.OVERFLOW_SECONDS, self._check_write
+                        )
                     await ws.send_bytes(frame)
-                if seq == 0:
-                    self._answers -= 1
-                else:
-                    metrics.messages_out.inc()
+                    self._write_started = None
+                    if seq == 0:
+                        self._answers -= 1
+                    else:
+                        metrics.messages_out.inc()
         except TimeoutError:
             metrics.refused("overflow")
             self.close_soon(CloseCode.OVERFLOW, "client is not reading")
         except Exception:  # the peer went away mid-write
             self._peer_gone = True
             self.close_soon(CloseCode.NORMAL, "")
+        finally:
+            self._write_started = None
+            self._write_guard = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+
+    def _check_write(self) -> None:
+        """The watchdog timer: expire the sender's guard when the write in progress
+        began :data:`~server.limits.OVERFLOW_SECONDS` ago, or re-arm for its deadline."""
+        self._watchdog = None
+        started = self._write_started
+        guard = self._write_guard
+        if started is None or guard is None:
+            return  # not writing: the next write arms the timer again
+        deadline = started + limits.OVERFLOW_SECONDS
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            guard.reschedule(deadline)  # in the past: the sender is cancelled at once
+        else:
+            self._watchdog = loop.call_at(deadline, self._check_write)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -294,7 +347,8 @@ class Connection:
                     await asyncio.sleep(_STORAGE_RETRY_SECONDS)
                     continue
                 for message in batch:
-                    await self._wait_window()
+                    if not self._window.has_room():
+                        await self._wait_window()
                     self._window.sent(message.seq, len(message.ciphertext))
                     self._enqueue(deliver_frame(message), message.seq)
                     cursor = message.seq

@@ -168,7 +168,9 @@ def sqlite_engine(url: str, *, echo: bool = False) -> Engine:
 
 @dataclass(slots=True)
 class _Pending:
-    run: Callable[[Connection], Any]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     future: asyncio.Future[Any]
 
 
@@ -219,7 +221,7 @@ class SqliteRunner:
         """
         self._check_open()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(lambda conn: fn(conn, *args, **kwargs), future))
+        self._pending.append(_Pending(fn, args, kwargs, future))
         self._wake.set()
         return await future
 
@@ -260,7 +262,7 @@ class SqliteRunner:
                         continue  # the caller is gone; it never saw an answer
                     db.execute("SAVEPOINT op")
                     try:
-                        result = item.run(conn)
+                        result = item.fn(conn, *item.args, **item.kwargs)
                     except IntegrityError as exc:  # a bug, not an outage: this op only
                         db.execute("ROLLBACK TO op")
                         outcomes.append((item, False, _unavailable(exc)))
