@@ -9,14 +9,40 @@ as the SDK grows; the local store's errors are :class:`StoreError`.
 from __future__ import annotations
 
 __all__ = [
+    "AuthFailed",
+    "BadSignatureRefused",
     "ClientError",
+    "ConnectedElsewhere",
+    "ConnectionFailed",
+    "DeviceListRollback",
+    "DeviceRemoved",
+    "Disconnected",
+    "GoingAway",
+    "IdempotencyConflict",
+    "MalformedFrame",
+    "MalformedResponse",
+    "NoCommonVersion",
+    "NoPreKeys",
     "OriginMismatch",
+    "Overflow",
+    "PinMismatch",
+    "PreKeyIdReused",
+    "QueueFull",
+    "RateLimited",
+    "RelayRefused",
+    "RelayUnavailable",
+    "RequestTimeout",
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
     "StoreLocked",
+    "TooLarge",
+    "TransportError",
+    "UnknownDevice",
+    "UnknownUser",
     "UnsupportedStoreVersion",
     "UsageError",
+    "UserIdTaken",
     "WeakParameters",
     "WrongKey",
     "WrongPassphrase",
@@ -134,3 +160,180 @@ class UnsupportedStoreVersion(StoreError):
         )
         self.version = version
         self.supported = supported
+
+
+# --- the relay transport (client_sdk.transport) ----------------------------------------
+
+
+class TransportError(ClientError):
+    """Talking to the relay failed: the network, TLS, the relay's refusals, or the
+    connection's end. No attribute ever holds a nonce, signature or ciphertext."""
+
+
+class ConnectionFailed(TransportError):
+    """The relay could not be reached, the handshake failed, or the connection broke
+    (the underlying error is ``__cause__``); reconnecting may help."""
+
+
+class PinMismatch(TransportError):
+    """The relay's TLS certificate does not carry the pinned public key. Raised on the
+    handshake, before any authentication statement is signed; the connection is closed.
+
+    Attributes:
+        expected: the pinned SHA-256 of the SubjectPublicKeyInfo (public).
+        seen: the SHA-256 of the SubjectPublicKeyInfo the handshake presented.
+    """
+
+    def __init__(self, *, expected: bytes, seen: bytes) -> None:
+        super().__init__(
+            f"the relay's certificate key {seen.hex()[:16]}... does not match the pin "
+            f"{expected.hex()[:16]}..."
+        )
+        self.expected = expected
+        self.seen = seen
+
+
+class MalformedFrame(TransportError):
+    """The relay sent something that is not a valid frame in this state (bad CBOR,
+    an unexpected frame type, an answer to no request); the connection is closed."""
+
+
+class MalformedResponse(TransportError):
+    """An HTTP answer of the relay that does not parse (status line, headers, body or
+    its CBOR/JSON content), or exceeds the SDK's limits."""
+
+
+class NoCommonVersion(TransportError):
+    """The relay speaks no relay-protocol version this SDK speaks.
+
+    Attributes:
+        offered: the relay's versions.
+        supported: this SDK's versions.
+    """
+
+    def __init__(self, *, offered: tuple[int, ...], supported: tuple[int, ...]) -> None:
+        super().__init__(f"the relay speaks versions {offered}; this SDK speaks {supported}")
+        self.offered = offered
+        self.supported = supported
+
+
+class RequestTimeout(TransportError):
+    """The relay did not answer a request within its timeout (the request may still
+    have taken effect: a send is retried with the same client message id).
+
+    Attributes:
+        operation: the request's name.
+        timeout: the bound, in seconds.
+    """
+
+    def __init__(self, operation: str, timeout: float) -> None:
+        super().__init__(f"no answer to {operation} within {timeout:g} s")
+        self.operation = operation
+        self.timeout = timeout
+
+
+class RelayRefused(TransportError):
+    """The relay refused a frame or an HTTP request (an ``Error`` frame or an HTTP error
+    status). Subclasses name the codes a client acts on.
+
+    Attributes:
+        code: the relay's error code (an ``e2ee.relay_frames.ErrorCode`` value; an
+            ``int`` when an HTTP answer carries an unknown code).
+        reason: the relay's explanation, for logs (never shown as security advice).
+        http_status: the HTTP status, for HTTP refusals (``None`` on the WebSocket).
+    """
+
+    def __init__(self, code: int, reason: str, *, http_status: int | None = None) -> None:
+        name = getattr(code, "name", str(code))
+        where = f" (HTTP {http_status})" if http_status is not None else ""
+        super().__init__(f"the relay refused: {name}{where}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.http_status = http_status
+
+
+class AuthFailed(RelayRefused):
+    """The relay refused this device's authentication (or a registration's nonce); the
+    device may have been removed, or its key or origin is not what the relay expects."""
+
+
+class RateLimited(RelayRefused):
+    """Too many requests; retry later."""
+
+
+class IdempotencyConflict(RelayRefused):
+    """A client message id was reused for different content."""
+
+
+class QueueFull(RelayRefused):
+    """A recipient device's queue is at its quota; nothing was stored."""
+
+
+class UnknownUser(RelayRefused):
+    """No such account on the relay."""
+
+
+class UnknownDevice(RelayRefused):
+    """No such device in the account's accepted device list."""
+
+
+class BadSignatureRefused(RelayRefused):
+    """The relay found a prekey or device-list signature that does not verify."""
+
+
+class PreKeyIdReused(RelayRefused):
+    """A prekey id this device has used before."""
+
+
+class DeviceListRollback(RelayRefused):
+    """A device list whose version does not increase or that does not chain."""
+
+
+class TooLarge(RelayRefused):
+    """A payload above one of the relay's limits."""
+
+
+class RelayUnavailable(RelayRefused):
+    """The relay could not complete the request (storage); nothing was changed."""
+
+
+class NoPreKeys(RelayRefused):
+    """The claimed device has no signed prekey on the relay."""
+
+
+class UserIdTaken(RelayRefused):
+    """Registration: the user id is already registered."""
+
+
+class Disconnected(TransportError):
+    """The relay closed the connection (or it was lost). Subclasses name the close
+    codes the SDK acts on.
+
+    Attributes:
+        close_code: the WebSocket close code (``None`` when no close frame arrived).
+        reason: the close reason the relay gave (for logs).
+    """
+
+    def __init__(self, close_code: int | None, reason: str = "") -> None:
+        super().__init__(f"the relay closed the connection ({close_code}): {reason}")
+        self.close_code = close_code
+        self.reason = reason
+
+
+class GoingAway(Disconnected):
+    """The relay is shutting down; reconnect with backoff."""
+
+
+class Overflow(Disconnected):
+    """The relay closed the connection because this client stopped reading or
+    acknowledging; its messages stay queued. Reconnect."""
+
+
+class ConnectedElsewhere(Disconnected):
+    """A newer connection of this same device replaced this one (another process or
+    machine with this device's keys, or this app started twice). Raised as final by the
+    reconnect policy after its allowance of reconnects is spent."""
+
+
+class DeviceRemoved(Disconnected):
+    """This device is no longer in its account's device list; do not reconnect."""
