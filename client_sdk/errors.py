@@ -19,6 +19,7 @@ __all__ = [
     "Disconnected",
     "GoingAway",
     "IdempotencyConflict",
+    "IdentityError",
     "MalformedFrame",
     "MalformedResponse",
     "NoCommonVersion",
@@ -32,6 +33,7 @@ __all__ = [
     "RelayRefused",
     "RelayUnavailable",
     "RequestTimeout",
+    "SendFailed",
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
@@ -337,3 +339,36 @@ class ConnectedElsewhere(Disconnected):
 
 class DeviceRemoved(Disconnected):
     """This device is no longer in its account's device list; do not reconnect."""
+
+
+# --- the client -------------------------------------------------------------------------
+
+
+class IdentityError(ClientError):
+    """A user's device list, or a device's bundle, failed verification (a changed
+    master key, a rollback or equivocation, a bad signature, a stale or downgraded
+    bundle): nothing was sent to or accepted from that user.
+
+    Attributes:
+        user_id: the user concerned.
+        reason: the core's error type name.
+    """
+
+    def __init__(self, user_id: str, reason: str) -> None:
+        super().__init__(f"the identity of {user_id!r} failed verification: {reason}")
+        self.user_id = user_id
+        self.reason = reason
+
+
+class SendFailed(ClientError):
+    """The relay and the verified device lists kept disagreeing about a user's devices
+    (``MAX_SEND_ATTEMPTS`` mismatches); the message stays in the outbox and is tried
+    again on the next connection.
+
+    Attributes:
+        client_msg_id: the message's id.
+    """
+
+    def __init__(self, client_msg_id: bytes) -> None:
+        super().__init__(f"message {client_msg_id.hex()} not accepted: device sets disagree")
+        self.client_msg_id = client_msg_id

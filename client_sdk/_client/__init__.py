@@ -1,0 +1,2 @@
+"""Private parts of :class:`client_sdk.client.Client`: the layout of its records in the
+store (:mod:`.records`)."""
