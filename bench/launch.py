@@ -82,8 +82,12 @@ async def durability_of(storage: Storage) -> dict[str, str]:
     dialect = getattr(storage, "dialect", None)
     if runner is None or dialect not in ("sqlite", "postgresql"):
         raise RuntimeError(f"cannot read durability settings of {storage!r}")
-    reader = _sqlite_pragmas if dialect == "sqlite" else _pg_settings
-    found: dict[str, str] = await runner.read(reader)
+    if dialect == "sqlite":
+        # Through the write path: the pragmas of the connection that commits (SQLite
+        # reads go through a second connection, opened with the same pragmas).
+        found: dict[str, str] = await runner.write(_sqlite_pragmas)
+    else:
+        found = await runner.read(_pg_settings)
     return found
 
 

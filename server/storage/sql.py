@@ -22,9 +22,11 @@ transaction was rolled back; a caller that got it may retry (sends are idempoten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
@@ -175,31 +177,50 @@ class _Pending:
 
 
 class SqliteRunner:
-    """One pysqlite connection on the event loop with a group-commit writer task."""
+    """Two pysqlite connections: reads on the event loop; writes by a group-commit
+    writer task that runs each batch on the event loop and its COMMIT on a thread.
+
+    The COMMIT waits for the disk (``synchronous=FULL``: an fsync of the WAL, more at
+    a checkpoint). Run on the event loop, that wait blocked every connection of the
+    relay once per batch; on the thread the loop keeps serving meanwhile (the driver
+    releases the GIL while SQLite works), and the writes arriving during a commit
+    form the next batch. WAL lets the reading connection read at the same time: every
+    read sees exactly the committed batches (never one being committed), so nothing
+    is read, or delivered, before it is durable.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._conn = engine.connect()
+        """The writer's connection (batches on the loop, their COMMIT on the thread,
+        never both at once)."""
+        self._reader = engine.connect()
+        """The connection of :meth:`read`, used on the event loop."""
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._closing = False
+        self._error = StorageUnavailable("the database failed")
+        """The last batch failure (see :meth:`_run`)."""
+        self._thread = ThreadPoolExecutor(  # the COMMITs, one at a time
+            max_workers=1, thread_name_prefix="e2ee-sqlite-writer"
+        )
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def read(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run ``fn`` between two write batches.
+        """Run ``fn`` on the reading connection (on the event loop).
 
-        No transaction is needed for a consistent view: ``fn`` runs to its end without
-        yielding to the loop, and this connection is the database's only writer. Raw
-        SQL (:mod:`server.storage.sqlite_hot`) runs in autocommit; a transaction
-        SQLAlchemy began for Core statements is ended at once.
+        ``fn`` sees one committed state: raw SQL (:mod:`server.storage.sqlite_hot`)
+        runs one statement in autocommit (a statement reads one snapshot); SQLAlchemy
+        begins a transaction for Core statements (one snapshot for all of them in WAL
+        mode), ended at once.
 
         Raises:
             StorageUnavailable: the database failed.
         """
         self._check_open()
-        conn = self._conn
+        conn = self._reader
         try:
             try:
                 return fn(conn, *args, **kwargs)
@@ -216,6 +237,8 @@ class SqliteRunner:
     ) -> T:
         """Queue ``fn`` for the next group commit and wait for that commit.
 
+        ``fn`` runs on the event loop inside the batch's transaction (one SAVEPOINT).
+
         Raises:
             StorageUnavailable: the batch could not be committed; nothing was changed.
         """
@@ -230,24 +253,53 @@ class SqliteRunner:
             raise StorageUnavailable("the storage is closed")
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, []
             if batch:
                 try:
-                    self._commit(batch)
+                    outcomes = self._run(batch)
+                    if outcomes is not None:
+                        try:
+                            await loop.run_in_executor(self._thread, self._conn.commit)
+                        except (SQLAlchemyError, sqlite3.Error) as exc:
+                            outcomes = self._failed(batch, exc)
+                    else:
+                        outcomes = self._failed(batch, None)
                 except Exception as exc:  # a bug: never leave a caller waiting forever
                     log.exception("SQLite writer failed")
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(StorageUnavailable(type(exc).__name__))
+                    self._error = StorageUnavailable(type(exc).__name__)
+                    outcomes = self._failed(batch, None)
+                for item, ok, value in outcomes:
+                    if item.future.done():
+                        continue  # the caller is gone
+                    if ok:
+                        item.future.set_result(value)
+                    else:
+                        item.future.set_exception(value)
             if self._closing and not self._pending:
                 return
 
-    def _commit(self, batch: list[_Pending]) -> None:
-        """Run ``batch`` as one transaction, one SAVEPOINT per operation; commit; then
-        answer each caller. A database failure fails the whole batch (rolled back).
+    def _failed(
+        self, batch: list[_Pending], exc: BaseException | None
+    ) -> list[tuple[_Pending, bool, Any]]:
+        """Roll the batch back; every caller gets :class:`StorageUnavailable`."""
+        error = self._error
+        if exc is not None:
+            log.warning("SQLite batch of %d operations rolled back: %s", len(batch), exc)
+            error = _unavailable(exc)
+        with contextlib.suppress(SQLAlchemyError, sqlite3.Error):
+            if self._conn.in_transaction():
+                self._conn.rollback()
+        return [(item, False, error) for item in batch]
+
+    def _run(self, batch: list[_Pending]) -> list[tuple[_Pending, bool, Any]] | None:
+        """Run ``batch`` in one transaction, one SAVEPOINT per operation, on the event
+        loop, and leave it to commit; return each caller's answer, or ``None`` when
+        the database failed (the whole batch is to roll back; the error is kept in
+        ``_error``).
 
         The SAVEPOINTs are issued on the driver connection: through SQLAlchemy's
         ``begin_nested`` they cost about ten times more (``docs/storage.md``).
@@ -255,45 +307,39 @@ class SqliteRunner:
         outcomes: list[tuple[_Pending, bool, Any]] = []
         conn = self._conn
         try:
-            with conn.begin():
-                db = cast(sqlite3.Connection, conn.connection.driver_connection)
-                for item in batch:
-                    if item.future.cancelled():
-                        continue  # the caller is gone; it never saw an answer
-                    db.execute("SAVEPOINT op")
-                    try:
-                        result = item.fn(conn, *item.args, **item.kwargs)
-                    except IntegrityError as exc:  # a bug, not an outage: this op only
-                        db.execute("ROLLBACK TO op")
-                        outcomes.append((item, False, _unavailable(exc)))
-                    except (SQLAlchemyError, sqlite3.Error):
-                        raise  # the whole batch rolls back
-                    except Exception as exc:  # a typed refusal (or a caller bug)
-                        db.execute("ROLLBACK TO op")
-                        outcomes.append((item, False, exc))
-                    else:
-                        outcomes.append((item, True, result))
-                    db.execute("RELEASE op")
+            conn.begin()
+            db = cast(sqlite3.Connection, conn.connection.driver_connection)
+            for item in batch:
+                if item.future.cancelled():
+                    continue  # the caller is gone; it never saw an answer
+                db.execute("SAVEPOINT op")
+                try:
+                    result = item.fn(conn, *item.args, **item.kwargs)
+                except IntegrityError as exc:  # a bug, not an outage: this op only
+                    db.execute("ROLLBACK TO op")
+                    outcomes.append((item, False, _unavailable(exc)))
+                except (SQLAlchemyError, sqlite3.Error):
+                    raise  # the whole batch rolls back
+                except Exception as exc:  # a typed refusal (or a caller bug)
+                    db.execute("ROLLBACK TO op")
+                    outcomes.append((item, False, exc))
+                else:
+                    outcomes.append((item, True, result))
+                db.execute("RELEASE op")
         except (SQLAlchemyError, sqlite3.Error) as exc:
             log.warning("SQLite batch of %d operations rolled back: %s", len(batch), exc)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(_unavailable(exc))
-            return
-        for item, ok, value in outcomes:
-            if item.future.done():
-                continue
-            if ok:
-                item.future.set_result(value)
-            else:
-                item.future.set_exception(value)
+            self._error = _unavailable(exc)
+            return None
+        return outcomes
 
     async def aclose(self) -> None:
-        """Commit what is queued, stop the writer, close the connection."""
+        """Commit what is queued, stop the writer, close the connections."""
         if not self._closing:
             self._closing = True
             self._wake.set()
             await self._writer
+            self._thread.shutdown(wait=True)
+            self._reader.close()
             self._conn.close()
             self._engine.dispose()
 
