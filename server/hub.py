@@ -53,6 +53,7 @@ class Hub:
 
     def __init__(self) -> None:
         self._by_device: dict[str, ConnectionHandle] = {}
+        self._key_of: dict[ConnectionHandle, str] = {}
         self._open: set[ConnectionHandle] = set()
         self._last_stamp = 0
 
@@ -70,9 +71,9 @@ class Hub:
     def closed(self, handle: ConnectionHandle) -> None:
         """A connection finished; forget it."""
         self._open.discard(handle)
-        for key, held in list(self._by_device.items()):
-            if held is handle:
-                del self._by_device[key]
+        key = self._key_of.pop(handle, None)  # O(1): shutdown closes thousands at once
+        if key is not None and self._by_device.get(key) is handle:
+            del self._by_device[key]
 
     def attach(self, key: str, handle: ConnectionHandle) -> None:
         """``handle`` authenticated as device ``key``; an older connection of the same
@@ -81,6 +82,7 @@ class Hub:
         if old is not None and old is not handle:
             old.close_soon(CloseCode.CONNECTED_ELSEWHERE, "connected elsewhere")
         self._by_device[key] = handle
+        self._key_of[handle] = key
 
     def get(self, key: str) -> ConnectionHandle | None:
         """The live connection of device ``key`` on this node."""
