@@ -8,7 +8,7 @@ each call is atomic (all or nothing) exactly like one SQL transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .base import (
@@ -72,6 +72,38 @@ def check_addressed(addressed: Sequence[tuple[str, Sequence[tuple[int, bytes]]]]
         ids = [d for d, _ in devices]
         if len(set(ids)) != len(ids):
             raise ValueError("a device is addressed twice")
+
+
+def device_mismatch(
+    addressed: Sequence[tuple[str, Sequence[tuple[int, bytes]]]],
+    current: Mapping[str, set[int]],
+    sender_user: str,
+    sender_device: int,
+) -> DeviceMismatch | None:
+    """Compare each addressed user's device set with ``current`` (their current
+    devices; the sending device itself is never expected), in the order addressed.
+
+    Returns:
+        The mismatch to answer with, or ``None`` when every set is exact.
+
+    Raises:
+        UnknownAccount: an addressed user is not in ``current`` (the first in order).
+    """
+    mismatched: list[MismatchedDevices] = []
+    for user_id, devices in addressed:
+        if user_id not in current:
+            raise UnknownAccount(user_id)
+        expected = current[user_id]
+        if user_id == sender_user:
+            expected = expected - {sender_device}
+        given = {d for d, _ in devices}
+        if given != expected:
+            mismatched.append(
+                MismatchedDevices(
+                    user_id, tuple(sorted(expected - given)), tuple(sorted(given - expected))
+                )
+            )
+    return DeviceMismatch(tuple(mismatched)) if mismatched else None
 
 
 def check_link_slot(slot: int) -> None:
@@ -311,26 +343,19 @@ class MemoryMessageStore:
             if previous[0] != digest:
                 raise IdempotencyConflict(client_msg_id.hex())
             return Acceptance(accepted_at_ms=previous[1], deliveries=(), duplicate=True)
-        mismatched: list[MismatchedDevices] = []
-        targets: list[tuple[_Device, bytes]] = []
-        for user_id, devices in addressed:
-            acc = self._s.accounts.get(user_id)
-            if acc is None:
-                raise UnknownAccount(user_id)
-            current = {d.device_id for d in acc.record.devices}
-            if user_id == sender_user:
-                current.discard(sender_device)
-            given = {d for d, _ in devices}
-            if given != current:
-                mismatched.append(
-                    MismatchedDevices(
-                        user_id, tuple(sorted(current - given)), tuple(sorted(given - current))
-                    )
-                )
-                continue
-            targets.extend((self._s.devices[(user_id, d)], ct) for d, ct in devices)
-        if mismatched:
-            return DeviceMismatch(tuple(mismatched))
+        current = {
+            user_id: {d.device_id for d in acc.record.devices}
+            for user_id, _ in addressed
+            if (acc := self._s.accounts.get(user_id)) is not None
+        }
+        mismatch = device_mismatch(addressed, current, sender_user, sender_device)
+        if mismatch is not None:
+            return mismatch
+        targets = [
+            (self._s.devices[(user_id, d)], ct)
+            for user_id, devices in addressed
+            for d, ct in devices
+        ]
         for dev, _ in targets:
             if len(dev.queue) >= queue_quota:
                 raise QueueFull(dev.record.user_id, dev.record.device_id)

@@ -48,11 +48,9 @@ from .base import (
     BlobRecord,
     ClaimedBundle,
     DeviceIdReused,
-    DeviceMismatch,
     DeviceRecord,
     IdempotencyConflict,
     LinkMailboxFull,
-    MismatchedDevices,
     PreKeyIdReused,
     PreKeyStatus,
     QueuedMessage,
@@ -63,7 +61,13 @@ from .base import (
     UnknownDevice,
     VersionConflict,
 )
-from .memory import check_account_record, check_addressed, check_chunk, check_link_slot
+from .memory import (
+    check_account_record,
+    check_addressed,
+    check_chunk,
+    check_link_slot,
+    device_mismatch,
+)
 from .schema import (
     KIND_EC,
     KIND_KEM,
@@ -510,28 +514,14 @@ def accept(
             raise IdempotencyConflict(client_msg_id.hex())
         return Acceptance(accepted_at_ms=previous.accepted_at_ms, deliveries=(), duplicate=True)
     users = [u for u, _ in addressed]
-    known: set[str] = set()
-    current: dict[str, set[int]] = {u: set() for u in users}
+    current: dict[str, set[int]] = {}
     for u, d in conn.execute(_ADDRESSED_DEVICES, {"users": users}):
-        known.add(u)
+        devices = current.setdefault(u, set())
         if d is not None:
-            current[u].add(d)
-    mismatched: list[MismatchedDevices] = []
-    for user_id, devs in addressed:
-        if user_id not in known:
-            raise UnknownAccount(user_id)
-        expected = current[user_id]
-        if user_id == sender_user:
-            expected.discard(sender_device)
-        given = {d for d, _ in devs}
-        if given != expected:
-            mismatched.append(
-                MismatchedDevices(
-                    user_id, tuple(sorted(expected - given)), tuple(sorted(given - expected))
-                )
-            )
-    if mismatched:
-        return DeviceMismatch(tuple(mismatched))
+            devices.add(d)
+    mismatch = device_mismatch(addressed, current, sender_user, sender_device)
+    if mismatch is not None:
+        return mismatch
     targets = [(u, d) for u, devs in addressed for d, _ in devs]
     seqs: dict[tuple[str, int], int] = {}
     depths: dict[tuple[str, int], int] = {}

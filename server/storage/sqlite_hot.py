@@ -22,14 +22,11 @@ from sqlalchemy import Connection
 from .base import (
     Acceptance,
     AcceptOutcome,
-    DeviceMismatch,
     IdempotencyConflict,
-    MismatchedDevices,
     QueuedMessage,
     QueueFull,
-    UnknownAccount,
 )
-from .memory import check_addressed
+from .memory import check_addressed, device_mismatch
 
 __all__ = ["accept", "ack", "fetch"]
 
@@ -110,28 +107,14 @@ def accept(
             raise IdempotencyConflict(client_msg_id.hex())
         return Acceptance(accepted_at_ms=previous[1], deliveries=(), duplicate=True)
     users = [u for u, _ in addressed]
-    known: set[str] = set()
-    current: dict[str, set[int]] = {u: set() for u in users}
+    current: dict[str, set[int]] = {}
     for u, d in db.execute(_addressed_sql(len(users)), users):
-        known.add(u)
+        devices = current.setdefault(u, set())
         if d is not None:
-            current[u].add(d)
-    mismatched: list[MismatchedDevices] = []
-    for user_id, devs in addressed:
-        if user_id not in known:
-            raise UnknownAccount(user_id)
-        expected = current[user_id]
-        if user_id == sender_user:
-            expected.discard(sender_device)
-        given = {d for d, _ in devs}
-        if given != expected:
-            mismatched.append(
-                MismatchedDevices(
-                    user_id, tuple(sorted(expected - given)), tuple(sorted(given - expected))
-                )
-            )
-    if mismatched:
-        return DeviceMismatch(tuple(mismatched))
+            devices.add(d)
+    mismatch = device_mismatch(addressed, current, sender_user, sender_device)
+    if mismatch is not None:
+        return mismatch
     targets = [(u, d) for u, devs in addressed for d, _ in devs]
     seqs: dict[tuple[str, int], int] = {}
     depths: dict[tuple[str, int], int] = {}
