@@ -10,7 +10,8 @@ peer are the store's keyed lookup hashes, never identifiers.
 | OWN_DEVICE | ``b"device"`` / ``b"master"`` / ``b"list"`` | ``OurDevice`` / master seed / own ``SignedDeviceList`` |
 | PREKEYS | ``b"prekeys"`` | ``OurPreKeys`` |
 | META | ``b"account"`` | :class:`AccountRecord` |
-| META | ``b"outbox_next"`` / ``b"inbox_next"`` | 8-byte big-endian counter |
+| META | ``b"outbox_next"`` / ``b"inbox_next"`` / ``b"events_next"`` | 8-byte big-endian counter |
+| EVENTS | counter (8 bytes) | a security event (``client_sdk.events``) |
 | PEER_DEVICE_LISTS | ``lookup(user)`` | the verified ``SignedDeviceList`` (its master key is the pin) |
 | SESSIONS | ``lookup(user, device)`` | ``SessionRecord`` |
 | OUTBOX | counter (8 bytes) | :class:`OutboxRecord` |
@@ -34,6 +35,7 @@ from ..store import Table, Transaction
 __all__ = [
     "ACCOUNT",
     "DEVICE",
+    "EVENTS_NEXT",
     "INBOX_NEXT",
     "LIST",
     "MASTER",
@@ -53,6 +55,7 @@ PREKEYS: Final = b"prekeys"
 ACCOUNT: Final = b"account"
 OUTBOX_NEXT: Final = b"outbox_next"
 INBOX_NEXT: Final = b"inbox_next"
+EVENTS_NEXT: Final = b"events_next"
 
 _VERSION: Final = 1
 _U63: Final = 2**63 - 1

@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from client_sdk.client import Client, Message
 from client_sdk.errors import ConnectionFailed, UsageError
+from client_sdk.events import ReplayDropped
 from client_sdk.store import Table
 from client_sdk.transport import Delivery, DeviceIdentity, RelayConnection
 from e2ee.device import OurDevice, OurPreKeys
@@ -315,3 +316,6 @@ async def test_redelivery_after_commit_without_ack_is_not_shown_twice(
         (next_message,) = await _take(bob, 1)
         assert next_message.body == "twice?"  # the redelivered "once" was dropped
         await _until_acked(relay, bob_id, bob_device)
+        events = [item.event async for item in bob.events(wait=False)]
+        assert events == [ReplayDropped(alice_id, alice.device_id)]
+        assert [item async for item in bob.events(wait=False)] == []  # consumed

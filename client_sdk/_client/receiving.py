@@ -1,0 +1,290 @@
+"""Receiving: decrypt, persist, acknowledge, yield (issue 4 "API", DESIGN 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from e2ee.device_list import PeerDevice
+from e2ee.errors import DuplicateMessage, E2EEError
+from e2ee.payload import Payload, PayloadType, SyncSent, UnknownPayloadType
+from e2ee.session import SessionRecord, decrypt
+
+from ..errors import IdentityError, StoreCorrupt, TransportError, UsageError
+from ..events import NoOneTimePreKey, ReplayDropped, Undecryptable, UnknownPayload
+from ..store import Table, Transaction
+from ..transport import Delivery, PreKeysLowEvent, RelayConnection, RelayEvent
+from . import records
+from .base import ClientBase
+from .records import InboxRecord
+
+__all__ = ["Message", "ReceivingMixin"]
+
+logger = logging.getLogger("client_sdk.client")
+
+
+class Message:
+    """A decrypted message from the inbox.
+
+    Attributes:
+        sender_user, sender_device: who sent it (verified: the sending device is in the
+            sender's verified device list, and the session authenticates it).
+        sender_ts_ms: the sender's own clock when sending (never the relay's).
+        relay_ts_ms: when the relay accepted it (the relay's clock, for ordering only).
+        client_msg_id: the sender's 16 random bytes naming the message.
+        body: ``str`` for text, ``bytes`` for a bytes message.
+        sent_to: for a copy of a message one of our own other devices sent
+            (``sync_sent``), the user it was sent to; ``None`` otherwise.
+    """
+
+    __slots__ = (
+        "_client",
+        "_key",
+        "body",
+        "client_msg_id",
+        "relay_ts_ms",
+        "sender_device",
+        "sender_ts_ms",
+        "sender_user",
+        "sent_to",
+    )
+
+    def __init__(
+        self,
+        client: ReceivingMixin,
+        key: bytes,
+        record: InboxRecord,
+        payload: Payload,
+        body: str | bytes,
+        sent_to: str | None,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self.sender_user = record.sender_user
+        self.sender_device = record.sender_device
+        self.relay_ts_ms = record.accepted_at_ms
+        self.sender_ts_ms = payload.sender_ts_ms
+        self.client_msg_id = payload.client_msg_id
+        self.body = body
+        self.sent_to = sent_to
+
+    async def done(self) -> None:
+        """Remove the message from the inbox (idempotent): it will not be yielded again.
+
+        Raises:
+            StoreClosed: the client was closed.
+        """
+        async with self._client._store.transaction() as tx:
+            await tx.delete(Table.INBOX, self._key)
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(from={self.sender_user}.{self.sender_device}, "
+            f"id={self.client_msg_id.hex()}, sender_ts_ms={self.sender_ts_ms})"
+        )
+
+
+class _MessageStream:
+    """``async for message in client.messages()``: each step first marks the message
+    yielded before as done (the loop body completed), then yields the next one. A newer
+    ``messages()`` call supersedes this one (a loop left with ``break`` cannot be
+    detected, so the newest loop owns the inbox and re-yields what was not done)."""
+
+    def __init__(self, client: ReceivingMixin) -> None:
+        self._client = client
+        self._current: Message | None = None
+
+    def __aiter__(self) -> _MessageStream:
+        return self
+
+    async def __anext__(self) -> Message:
+        client = self._client
+        if client._stream is not self:
+            raise UsageError("this messages() loop was superseded by a newer one")
+        if self._current is not None:
+            current, self._current = self._current, None
+            await current.done()
+        async with client._receive_lock:
+            message = await client._next_message()
+        if message is None:
+            raise StopAsyncIteration
+        self._current = message
+        return message
+
+
+class ReceivingMixin(ClientBase):
+    """``messages()`` and the inbox."""
+
+    def messages(self) -> AsyncIterator[Message]:
+        """``async for message in client.messages():`` every received message, oldest
+        first: first those left in the inbox (yielded but not done before a restart),
+        then new ones as they arrive. A message leaves the inbox on
+        :meth:`Message.done` or when the loop asks for the next one; leaving the loop
+        (``break``, an exception) keeps it, so the next ``messages()`` loop (in this
+        process or after a restart) yields it again. The iteration ends when the client
+        is closed. One loop at a time: a new ``messages()`` supersedes the previous.
+
+        Raises:
+            UsageError: not registered; (from a step) a newer ``messages()`` loop
+                superseded this one.
+            DeviceRemoved, AuthFailed, PinMismatch, NoCommonVersion, ConnectedElsewhere:
+                reconnecting cannot help.
+        """
+        self._ready()
+        self._stream = _MessageStream(self)
+        return self._stream
+
+    async def _next_message(self) -> Message | None:
+        while not self._closed:
+            message = await self._first_inbox()
+            if message is not None:
+                return message
+            step = await self._next_event()
+            if step is None:
+                break
+            conn, event = step
+            if isinstance(event, Delivery):
+                try:
+                    await self._receive(conn, event)
+                except TransportError as exc:
+                    # Not acknowledged: the relay delivers it again on the next
+                    # connection (and a committed one then decrypts as a duplicate).
+                    logger.info("a delivery waits for the next connection (%s)", type(exc).__name__)
+            elif isinstance(event, PreKeysLowEvent):
+                logger.info("the relay's prekeys for this device run low (refill: not yet)")
+        return None
+
+    async def _first_inbox(self) -> Message | None:
+        async with self._store.transaction() as tx:
+            rows = await tx.scan(Table.INBOX, limit=1)
+        if not rows:
+            return None
+        key, value = rows[0]
+        record = InboxRecord.from_bytes(value)
+        try:
+            payload = Payload.from_bytes(
+                record.payload, from_own_device=record.sender_user == self.user_id
+            )
+        except E2EEError as exc:  # pragma: no cover - checked before it was stored
+            raise StoreCorrupt("an inbox payload does not decode", table="inbox") from exc
+        body: object = payload.body
+        sent_to = None
+        if isinstance(body, SyncSent):
+            sent_to = body.destination_user
+            body = body.original_body
+        if not isinstance(body, str | bytes):  # pragma: no cover - filtered on receipt
+            raise StoreCorrupt("an inbox payload of an unsupported type", table="inbox")
+        return Message(self, key, record, payload, body, sent_to)
+
+    async def _next_event(self) -> tuple[RelayConnection, RelayEvent] | None:
+        """The next relay event, reconnecting with backoff when the connection ends;
+        ``None`` once the client is closed."""
+        while not self._closed:
+            try:
+                conn = await self._connection()
+                if self._events is None or self._events_conn is not conn:
+                    self._events, self._events_conn = conn.events(), conn
+                return conn, await anext(self._events)
+            except StopAsyncIteration:
+                self._events = None
+            except UsageError:
+                if self.closed:
+                    return None
+                raise
+            except TransportError as exc:
+                self._events = None
+                delay = self._policy.delay_after(exc)
+                logger.info("relay connection lost (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+        return None
+
+    async def _sender(
+        self, conn: RelayConnection, user_id: str, device_id: int
+    ) -> PeerDevice | None:
+        """The sending device from its user's verified list (refreshed once when the
+        device is not in the stored one); ``None`` if it is not listed."""
+        stored = await self._stored_list(user_id)
+        if stored is not None:
+            peer = stored.statement.peer(device_id)
+            if peer is not None:
+                return peer
+        fresh = await self._device_list(conn, user_id, refresh=True)
+        return fresh.statement.peer(device_id)
+
+    async def _receive(self, conn: RelayConnection, delivery: Delivery) -> None:
+        """Decrypt, persist, acknowledge (DESIGN 6). What cannot be decrypted is
+        reported (:meth:`_undecryptable`) and a duplicate is dropped with a
+        ``ReplayDropped`` event, both in the transaction that would have stored the
+        message; then the relay is acknowledged."""
+        device, _ = self._ready_keys()
+        user, dev = delivery.sender_user, delivery.sender_device
+        try:
+            sender = await self._sender(conn, user, dev)
+        except IdentityError:
+            sender = None
+        lookup = self._store.lookup_key(user, dev)
+        now = self._clock()
+        async with self._peer_locks_held([lookup]), self._store.transaction() as tx:
+            data = await tx.get(Table.SESSIONS, lookup)
+            record = None if data is None else SessionRecord.from_bytes(data)
+            prekeys = await self._prekeys(tx)
+            try:
+                result = decrypt(device, prekeys, record, sender, delivery.ciphertext, now)
+            except DuplicateMessage:
+                logger.info("duplicate delivery dropped (seq %d)", delivery.seq)
+                await self._emit(tx, ReplayDropped(user, dev))
+                result = None
+            except E2EEError as exc:
+                logger.warning("undecryptable message: %s", type(exc).__name__)
+                await self._undecryptable(tx, delivery, exc)
+                result = None
+            if result is not None:
+                await tx.put(Table.SESSIONS, lookup, result.record.to_bytes())
+                if result.prekey_use is not None:
+                    result.commit_prekeys(prekeys)
+                    await tx.put(Table.PREKEYS, records.PREKEYS, prekeys.to_bytes())
+                if result.no_one_time_prekey:
+                    await self._emit(tx, NoOneTimePreKey(user, dev))
+                await self._store_payload(tx, delivery, lookup, result.plaintext)
+        await conn.ack([delivery.seq])
+
+    async def _undecryptable(self, tx: Transaction, delivery: Delivery, exc: E2EEError) -> None:
+        """Report a message that could not be decrypted (inside the transaction that
+        acknowledges it)."""
+        await self._emit(
+            tx, Undecryptable(delivery.sender_user, delivery.sender_device, type(exc).__name__)
+        )
+
+    async def _store_payload(
+        self, tx: Transaction, delivery: Delivery, lookup: bytes, plaintext: bytes
+    ) -> None:
+        user, dev = delivery.sender_user, delivery.sender_device
+        own = user == self.user_id
+        try:
+            payload = Payload.from_bytes(plaintext, from_own_device=own)
+        except UnknownPayloadType as exc:
+            logger.warning("a payload of an unknown type was dropped")
+            await self._emit(tx, UnknownPayload(user, dev, exc.payload_type))
+            return
+        except E2EEError as exc:
+            logger.warning("a decrypted payload was refused: %s", type(exc).__name__)
+            await self._emit(tx, Undecryptable(user, dev, type(exc).__name__))
+            return
+        dedupe = lookup + payload.client_msg_id
+        if await tx.get(Table.DEDUPE, dedupe) is not None:
+            logger.info("a message already received was dropped")
+            await self._emit(tx, ReplayDropped(user, dev))
+            return
+        await tx.put(Table.DEDUPE, dedupe, delivery.accepted_at_ms.to_bytes(8, "big"))
+        if payload.type in (PayloadType.TEXT, PayloadType.BYTES, PayloadType.SYNC_SENT):
+            key = await records.next_counter(tx, records.INBOX_NEXT)
+            inbox = InboxRecord(user, dev, plaintext, delivery.accepted_at_ms)
+            await tx.put(Table.INBOX, key, inbox.to_bytes())
+        else:
+            await self._control_payload(tx, delivery, payload)
+
+    async def _control_payload(self, tx: Transaction, delivery: Delivery, payload: Payload) -> None:
+        """A payload the SDK acts on instead of showing it (retry requests, device list
+        notices, ...), inside the transaction that stores its dedupe record."""
+        logger.info("a %s payload was dropped (not handled yet)", payload.type.name)
