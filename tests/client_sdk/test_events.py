@@ -11,6 +11,7 @@ from client_sdk.events import (
     DeviceListEquivocation,
     DeviceListStale,
     DeviceRemovedEvent,
+    EventKind,
     IdentityChanged,
     KeyCheckMismatch,
     MessagesMissing,
@@ -49,8 +50,6 @@ def test_every_event_round_trips(event: SecurityEvent) -> None:
 
 def test_every_kind_is_covered() -> None:
     assert len({type(e).KIND for e in EVERY_EVENT}) == len(EVERY_EVENT)
-    from client_sdk.events import EventKind
-
     assert {type(e).KIND for e in EVERY_EVENT} == set(EventKind)
 
 
