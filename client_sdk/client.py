@@ -47,10 +47,14 @@ from e2ee.primitives import Rng, default_rng
 
 from ._client import records
 from ._client.base import ClientBase
+from ._client.identity import IdentityMixin
+from ._client.linking import LinkingMixin
 from ._client.receiving import Message, ReceivingMixin
 from ._client.records import AccountRecord
+from ._client.recovery import RecoveryMixin
 from ._client.registration import RegistrationMixin
 from ._client.sending import MAX_SEND_ATTEMPTS, SendingMixin
+from ._client.upkeep import UpkeepMixin
 from .errors import IdentityError, SendFailed, StoreCorrupt, UsageError
 from .events import SecurityEvent, decode_event
 from .store import SqliteStore, Store, Table
@@ -108,7 +112,16 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Client(RegistrationMixin, SendingMixin, ReceivingMixin, ClientBase):
+class Client(
+    LinkingMixin,
+    IdentityMixin,
+    RecoveryMixin,
+    UpkeepMixin,
+    RegistrationMixin,
+    SendingMixin,
+    ReceivingMixin,
+    ClientBase,
+):
     """One device of one user, on one relay, with its encrypted local store.
 
     Open with :meth:`Client.open` (an async context manager); not thread-safe; one

@@ -152,7 +152,7 @@ class ReceivingMixin(ClientBase):
                     # connection (and a committed one then decrypts as a duplicate).
                     logger.info("a delivery waits for the next connection (%s)", type(exc).__name__)
             elif isinstance(event, PreKeysLowEvent):
-                logger.info("the relay's prekeys for this device run low (refill: not yet)")
+                await self._on_prekeys_low(conn, event)
         return None
 
     async def _first_inbox(self) -> Message | None:
@@ -248,6 +248,10 @@ class ReceivingMixin(ClientBase):
                     await self._emit(tx, NoOneTimePreKey(user, dev))
                 await self._store_payload(tx, delivery, lookup, result.plaintext)
         await conn.ack([delivery.seq])
+
+    async def _on_prekeys_low(self, conn: RelayConnection, event: PreKeysLowEvent) -> None:
+        """The relay says this device's one-time prekeys run low (upkeep refills)."""
+        logger.info("the relay's prekeys for this device run low")
 
     async def _undecryptable(self, tx: Transaction, delivery: Delivery, exc: E2EEError) -> None:
         """Report a message that could not be decrypted (inside the transaction that
