@@ -11,8 +11,20 @@ from e2ee.errors import DuplicateMessage, E2EEError
 from e2ee.payload import Payload, PayloadType, SyncSent, UnknownPayloadType
 from e2ee.session import SessionRecord, decrypt
 
-from ..errors import IdentityError, StoreCorrupt, TransportError, UsageError
-from ..events import NoOneTimePreKey, ReplayDropped, Undecryptable, UnknownPayload
+from ..errors import (
+    ConnectedElsewhere,
+    IdentityError,
+    StoreCorrupt,
+    TransportError,
+    UsageError,
+)
+from ..events import (
+    ConnectedElsewhereEvent,
+    NoOneTimePreKey,
+    ReplayDropped,
+    Undecryptable,
+    UnknownPayload,
+)
 from ..store import Table, Transaction
 from ..transport import Delivery, PreKeysLowEvent, RelayConnection, RelayEvent
 from . import records
@@ -194,10 +206,20 @@ class ReceivingMixin(ClientBase):
                 raise
             except TransportError as exc:
                 self._events = None
+                if isinstance(exc, ConnectedElsewhere):
+                    await self._connected_elsewhere()
                 delay = self._policy.delay_after(exc)
                 logger.info("relay connection lost (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(delay)
         return None
+
+    async def _connected_elsewhere(self) -> None:
+        """Record that another connection took over this device; the event says whether
+        the client reconnects (at most ``ELSEWHERE_LIMIT`` times in ten minutes) or
+        gives up (``messages()`` then raises ``ConnectedElsewhere``)."""
+        reconnecting = self._policy.elsewhere_allowed()
+        async with self._store.transaction() as tx:
+            await self._emit(tx, ConnectedElsewhereEvent(reconnecting=reconnecting))
 
     async def _sender(
         self, conn: RelayConnection, user_id: str, device_id: int

@@ -98,6 +98,16 @@ class ReconnectPolicy:
         """A connection authenticated (the backoff resets once it proves stable)."""
         self._connected_at = self._now()
 
+    def _elsewhere_allowed(self, now: float) -> bool:
+        while self._elsewhere and now - self._elsewhere[0] >= self._elsewhere_window:
+            self._elsewhere.popleft()
+        return len(self._elsewhere) < self._elsewhere_limit
+
+    def elsewhere_allowed(self) -> bool:
+        """Whether one more reconnect after "connected elsewhere" is allowed now (what
+        :meth:`delay_after` will decide for that error), without spending it."""
+        return self._elsewhere_allowed(self._now())
+
     def delay_after(self, error: TransportError) -> float:
         """Seconds to wait before reconnecting after ``error`` ended (or prevented) a
         connection.
@@ -112,9 +122,7 @@ class ReconnectPolicy:
         if isinstance(error, _TERMINAL):
             raise error
         if isinstance(error, ConnectedElsewhere):
-            while self._elsewhere and now - self._elsewhere[0] >= self._elsewhere_window:
-                self._elsewhere.popleft()
-            if len(self._elsewhere) >= self._elsewhere_limit:
+            if not self._elsewhere_allowed(now):
                 raise error
             self._elsewhere.append(now)
         if self._connected_at is not None and now - self._connected_at >= self._stable_after:

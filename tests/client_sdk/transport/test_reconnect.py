@@ -61,9 +61,12 @@ def test_a_stable_connection_resets_the_backoff() -> None:
 def test_connected_elsewhere_three_times_in_ten_minutes() -> None:
     clock = Clock()
     policy = _policy(clock)
+    allowed = []
     for _ in range(3):
+        allowed.append(policy.elsewhere_allowed())
         policy.delay_after(ConnectedElsewhere(CloseCode.CONNECTED_ELSEWHERE))
         clock.t += 100
+    assert allowed == [True, True, True] and not policy.elsewhere_allowed()
     fourth = ConnectedElsewhere(CloseCode.CONNECTED_ELSEWHERE)
     with pytest.raises(ConnectedElsewhere) as info:
         policy.delay_after(fourth)
