@@ -48,9 +48,9 @@ from e2ee.primitives import Rng, default_rng
 from ._client import records
 from ._client.base import ClientBase
 from ._client.identity import IdentityMixin
-from ._client.linking import LinkingMixin
+from ._client.linking import LINK_TIMEOUT, LinkingMixin, LinkOffer
 from ._client.receiving import Message, ReceivingMixin
-from ._client.records import AccountRecord
+from ._client.records import AccountRecord, LinkRecord, LinkState
 from ._client.recovery import RecoveryMixin
 from ._client.registration import RegistrationMixin
 from ._client.sending import MAX_SEND_ATTEMPTS, SendingMixin
@@ -65,6 +65,7 @@ __all__ = [
     "Client",
     "EventItem",
     "IdentityError",
+    "LinkOffer",
     "Message",
     "SendFailed",
 ]
@@ -148,6 +149,8 @@ class Client(
         ssl: ssl_module.SSLContext | None = None,
         clock: Callable[[], int] = _now_ms,
         rng: Rng = default_rng,
+        link_code: str | bytes | None = None,
+        link_timeout: float = LINK_TIMEOUT,
     ) -> AsyncIterator[Client]:
         """``async with Client.open(relay_url, store=path, key=...) as client:``.
 
@@ -159,10 +162,23 @@ class Client(
         ``relay_url``'s). Opening an existing store restores the identity, sessions,
         outbox and inbox; pending outbox messages are resent on the first connection.
 
+        ``link_code`` (the primary's ``LinkOffer.code`` text or its ``qr_payload``)
+        makes a new store a linked device of the primary's account before the client
+        is handed out (``docs/sdk.md``, "Devices"): its keys go sealed into the relay's
+        link mailbox, the primary's answer is awaited for up to ``link_timeout``
+        seconds and checked, then prekeys are uploaded and the device is registered.
+        Every step is committed before the next: after a crash, opening again with the
+        same code resumes (``link_pending`` says a linking waits for that). Opening the
+        store it linked with the same code again is allowed, and opening a linked
+        store whose prekey upload was interrupted finishes it, code or not.
+
         Raises:
-            UsageError: a bad URL, both or neither of ``key``/``passphrase``.
+            UsageError: a bad URL, both or neither of ``key``/``passphrase``, a link
+                code for a store that holds another device, a bad ``link_timeout``.
             StoreLocked, WrongKey, WrongPassphrase, OriginMismatch, StoreCorrupt,
                 StoreError: the store cannot be opened (see ``docs/sdk-store.md``).
+            BadLinkCode, LinkTimeout, LinkRejected, TransportError: linking failed
+                (see ``LinkingMixin._link_on_open``; the store is closed again).
         """
         own_origin, ws_url, http_url = _relay_urls(relay_url)
         origin = origin or own_origin
@@ -186,23 +202,37 @@ class Client(
         )
         try:
             await client._load()
+            if link_code is not None:
+                await client._link_on_open(link_code, link_timeout)
+            else:
+                await client._finish_linked_if_needed()
             yield client
         finally:
             await client.aclose()
 
     async def _load(self) -> None:
+        """Restore the account from the store (nothing for a new store). A primary
+        holds its master key; a linked device (its link record says it was linked)
+        holds none.
+
+        Raises:
+            StoreCorrupt: the account's keys are missing or do not decode.
+        """
         async with self._store.transaction() as tx:
+            link = await tx.get(Table.META, records.LINK)
+            self._link_state = None if link is None else LinkRecord.from_bytes(link).state
             account = await tx.get(Table.META, records.ACCOUNT)
             if account is None:
                 return
             device = await tx.get(Table.OWN_DEVICE, records.DEVICE)
             master = await tx.get(Table.OWN_DEVICE, records.MASTER)
-        if device is None or master is None:
+        linked = self._link_state is LinkState.DONE
+        if device is None or (master is None) != linked:
             raise StoreCorrupt("the account record has no device keys", table=Table.OWN_DEVICE)
         self._account = AccountRecord.from_bytes(account)
         try:
             self._device = OurDevice.from_bytes(device)
-            self._master = SigningKeyPair(master)
+            self._master = None if master is None else SigningKeyPair(master)
         except E2EEError as exc:
             raise StoreCorrupt("own device keys do not decode", table=Table.OWN_DEVICE) from exc
         logger.info("restored device %d", self._account.device_id)
@@ -229,7 +259,10 @@ class Client(
             UsageError: not registered, or closed.
             TransportError: the relay could not be reached or refused.
         """
-        await self._connection()
+        conn = await self._connection()
+        # Also when the connection was open already: a send whose connection was lost
+        # after its commit left its message in the outbox.
+        await self._flush_outbox(conn)
 
     async def pending_outbox(self) -> int:
         """How many messages wait in the outbox for the relay's acceptance."""
@@ -237,6 +270,7 @@ class Client(
             return await tx.count(Table.OUTBOX)
 
     async def _after_connect(self, conn: RelayConnection) -> None:
+        await super()._after_connect(conn)  # the capabilities' steps (key upkeep) first
         await self._flush_outbox(conn)
 
     # --- security events ------------------------------------------------------------------

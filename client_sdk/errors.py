@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthFailed",
+    "BadLinkCode",
     "BadSignatureRefused",
     "ClientError",
     "ConnectedElsewhere",
@@ -19,7 +20,11 @@ __all__ = [
     "Disconnected",
     "GoingAway",
     "IdempotencyConflict",
+    "IdentityChangeBlocked",
     "IdentityError",
+    "LinkError",
+    "LinkRejected",
+    "LinkTimeout",
     "MalformedFrame",
     "MalformedResponse",
     "NoCommonVersion",
@@ -33,6 +38,7 @@ __all__ = [
     "RelayRefused",
     "RelayUnavailable",
     "RequestTimeout",
+    "SafetyNumberMismatch",
     "SendFailed",
     "StoreClosed",
     "StoreCorrupt",
@@ -372,3 +378,81 @@ class SendFailed(ClientError):
     def __init__(self, client_msg_id: bytes) -> None:
         super().__init__(f"message {client_msg_id.hex()} not accepted: device sets disagree")
         self.client_msg_id = client_msg_id
+
+
+class IdentityChangeBlocked(IdentityError):
+    """The relay offers a device list of a *verified* contact signed by a new master
+    key: sending to that user is blocked (nothing is encrypted for the new key, nothing
+    more for the old one) until ``accept_identity_change(user_id)`` or a successful
+    ``verify`` of the new safety number. A message whose send found the change stays in
+    the outbox and goes to the new devices once the change is accepted.
+
+    Attributes:
+        user_id: the contact.
+        reason: ``"IdentityChangeBlocked"``.
+    """
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id, "IdentityChangeBlocked")
+        self.args = (
+            f"the master key of verified contact {user_id!r} changed: sending is blocked "
+            "until accept_identity_change",
+        )
+
+
+class SafetyNumberMismatch(IdentityError):
+    """``verify``: the safety number or QR payload given is not the one of this contact's
+    current master key (a typo, another contact's code, swapped or duplicated QR halves,
+    a QR payload that does not decode, or a key that changed meanwhile). Nothing was
+    recorded.
+
+    Attributes:
+        user_id: the contact.
+        reason: ``"SafetyNumberMismatch"``.
+    """
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id, "SafetyNumberMismatch")
+        self.args = (f"the safety number does not match {user_id!r}'s current master key",)
+
+
+class LinkError(ClientError):
+    """Linking a new device failed (``link_device``/``LinkOffer.complete`` on the
+    primary, ``Client.open(..., link_code=...)`` on the new device). The message never
+    holds the code or any key.
+
+    Attributes:
+        reason: what failed, for logs and for the user.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadLinkCode(LinkError):
+    """The link code does not parse (a typing mistake, a truncated or foreign QR
+    payload); nothing was sent or stored."""
+
+
+class LinkTimeout(LinkError):
+    """The other device's sealed blob did not arrive in the link mailbox in time. The
+    primary's device list is unchanged when :meth:`LinkOffer.complete` raises this;
+    ``complete`` (or ``Client.open`` with the same code) may be called again while the
+    mailbox lives (10 minutes).
+
+    Attributes:
+        timeout: the bound, in seconds.
+    """
+
+    def __init__(self, reason: str, timeout: float) -> None:
+        super().__init__(f"{reason} (waited {timeout:g} s)")
+        self.timeout = timeout
+
+
+class LinkRejected(LinkError):
+    """The other side's sealed blob did not open under the code, or failed its checks
+    (a wrong code, a blob modified by the relay or someone else, a bad proof of
+    possession, a device list that does not hold this device's keys), or the primary
+    refused. The primary's device list is unchanged when the primary raises this; the
+    code is spent: link again with a new one."""

@@ -67,10 +67,11 @@ class EventKind(IntEnum):
 @dataclass(frozen=True, slots=True)
 class IdentityChanged:
     """A contact's master key changed: the relay served a device list signed by a
-    master key other than the pinned one. If the contact was verified, sending to it
-    is blocked until ``accept_identity_change(user_id)``; otherwise the new key is
-    pinned once accepted the same way (nothing is sent or accepted under an unpinned
-    key meanwhile)."""
+    master key other than the pinned one (recorded once per distinct new key). If the
+    contact was verified (``verified``), sending to it is blocked
+    (``IdentityChangeBlocked``) until ``accept_identity_change(user_id)``; otherwise
+    the new key is pinned at once, the sessions with the old devices are ended, and
+    sending continues to the new devices."""
 
     KIND: ClassVar[EventKind] = EventKind.IDENTITY_CHANGED
     user_id: str

@@ -6,7 +6,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from e2ee.device import OurPreKeys
 from e2ee.device_list import PeerDevice
+from e2ee.envelope import EnvelopeType, PreKeyEnvelope, envelope_type
 from e2ee.errors import DuplicateMessage, E2EEError
 from e2ee.payload import Payload, PayloadType, SyncSent, UnknownPayloadType
 from e2ee.session import SessionRecord, decrypt
@@ -29,11 +31,25 @@ from ..store import Table, Transaction
 from ..transport import Delivery, PreKeysLowEvent, RelayConnection, RelayEvent
 from . import records
 from .base import ClientBase
+from .identity import VerificationState, read_verification_state
 from .records import InboxRecord
 
 __all__ = ["Message", "ReceivingMixin"]
 
 logger = logging.getLogger("client_sdk.client")
+
+
+def _needs_prekeys(ciphertext: bytes, record: SessionRecord | None) -> bool:
+    """Whether decrypting ``ciphertext`` reads our prekeys: only a pre-key envelope that
+    no stored session was created by (``decrypt`` processes the others with their
+    session, DESIGN 4.3). A malformed envelope does not (``decrypt`` reports it)."""
+    try:
+        if envelope_type(ciphertext) is not EnvelopeType.PREKEY:
+            return False
+        base_key = PreKeyEnvelope.from_bytes(ciphertext).base_key
+    except E2EEError:
+        return False
+    return record is None or record.with_base_key(base_key) is None
 
 
 class Message:
@@ -48,6 +64,11 @@ class Message:
         body: ``str`` for text, ``bytes`` for a bytes message.
         sent_to: for a copy of a message one of our own other devices sent
             (``sync_sent``), the user it was sent to; ``None`` otherwise.
+        verification: the sender's :class:`VerificationState` when the message is
+            yielded: ``VERIFIED`` if the user verified the sender's safety number and
+            the sending device is in the pinned list (our own devices always are),
+            ``CHANGE_PENDING`` if a change of the sender's verified key is pending,
+            ``UNVERIFIED`` otherwise.
     """
 
     __slots__ = (
@@ -60,6 +81,7 @@ class Message:
         "sender_ts_ms",
         "sender_user",
         "sent_to",
+        "verification",
     )
 
     def __init__(
@@ -70,6 +92,7 @@ class Message:
         payload: Payload,
         body: str | bytes,
         sent_to: str | None,
+        verification: VerificationState,
     ) -> None:
         self._client = client
         self._key = key
@@ -80,6 +103,7 @@ class Message:
         self.client_msg_id = payload.client_msg_id
         self.body = body
         self.sent_to = sent_to
+        self.verification = verification
 
     async def done(self) -> None:
         """Remove the message from the inbox (idempotent): it will not be yielded again.
@@ -170,10 +194,17 @@ class ReceivingMixin(ClientBase):
     async def _first_inbox(self) -> Message | None:
         async with self._store.transaction() as tx:
             rows = await tx.scan(Table.INBOX, limit=1)
-        if not rows:
-            return None
-        key, value = rows[0]
-        record = InboxRecord.from_bytes(value)
+            if not rows:
+                return None
+            key, value = rows[0]
+            record = InboxRecord.from_bytes(value)
+            verification = await read_verification_state(
+                self._store,
+                tx,
+                record.sender_user,
+                record.sender_device,
+                own_user_id=self.user_id,
+            )
         try:
             payload = Payload.from_bytes(
                 record.payload, from_own_device=record.sender_user == self.user_id
@@ -187,7 +218,7 @@ class ReceivingMixin(ClientBase):
             body = body.original_body
         if not isinstance(body, str | bytes):  # pragma: no cover - filtered on receipt
             raise StoreCorrupt("an inbox payload of an unsupported type", table="inbox")
-        return Message(self, key, record, payload, body, sent_to)
+        return Message(self, key, record, payload, body, sent_to, verification)
 
     async def _next_event(self) -> tuple[RelayConnection, RelayEvent] | None:
         """The next relay event, reconnecting with backoff when the connection ends;
@@ -250,7 +281,10 @@ class ReceivingMixin(ClientBase):
         async with self._peer_locks_held([lookup]), self._store.transaction() as tx:
             data = await tx.get(Table.SESSIONS, lookup)
             record = None if data is None else SessionRecord.from_bytes(data)
-            prekeys = await self._prekeys(tx)
+            # Decoding the prekeys rebuilds every held ML-KEM key (about 10 ms): only a
+            # pre-key message that starts a session reads them; others get an empty set.
+            needed = _needs_prekeys(delivery.ciphertext, record)
+            prekeys = await self._prekeys(tx) if needed else OurPreKeys()
             try:
                 result = decrypt(device, prekeys, record, sender, delivery.ciphertext, now)
             except DuplicateMessage:

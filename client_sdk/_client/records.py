@@ -9,6 +9,7 @@ peer are the store's keyed lookup hashes, never identifiers.
 |---|---|---|
 | OWN_DEVICE | ``b"device"`` / ``b"master"`` / ``b"list"`` | ``OurDevice`` / master seed / own ``SignedDeviceList`` |
 | PREKEYS | ``b"prekeys"`` | ``OurPreKeys`` |
+| PREKEYS | ``b"upkeep"`` | ``upkeep.UpkeepRecord`` (published long-lived prekeys, unconfirmed uploads, a used last-resort id) |
 | META | ``b"account"`` | :class:`AccountRecord` |
 | META | ``b"outbox_next"`` / ``b"inbox_next"`` / ``b"events_next"`` | 8-byte big-endian counter |
 | EVENTS | counter (8 bytes) | a security event (``client_sdk.events``) |
@@ -17,6 +18,12 @@ peer are the store's keyed lookup hashes, never identifiers.
 | OUTBOX | counter (8 bytes) | :class:`OutboxRecord` |
 | INBOX | counter (8 bytes) | :class:`InboxRecord` |
 | DEDUPE | ``lookup(user, device)`` + client message id | ``u64`` relay time |
+| VERIFICATION | ``lookup(user)`` | :class:`VerificationRecord` (present only while verified) |
+| VERIFICATION | ``lookup(user, "identity")`` | :class:`IdentityRecord` (pending key change, retired keys, reported events) |
+| META | ``b"link"`` | :class:`LinkRecord` (a new device's linking in progress, or the mailbox it was linked through) |
+| META | ``b"own_list_pending"`` | :class:`PendingListRecord` (primary: an own device list being published, with a link answer to deliver) |
+| META | ``b"used_device_ids"`` | :class:`DeviceIdsRecord` (primary: every device id its lists held) |
+| META | ``b"list_refresh"`` | :class:`RefreshRecord` (users whose device list a notice said changed) |
 """
 
 from __future__ import annotations
@@ -37,13 +44,23 @@ __all__ = [
     "DEVICE",
     "EVENTS_NEXT",
     "INBOX_NEXT",
+    "LINK",
     "LIST",
+    "LIST_REFRESH",
     "MASTER",
     "OUTBOX_NEXT",
+    "OWN_LIST_PENDING",
     "PREKEYS",
+    "UPKEEP",
+    "USED_DEVICE_IDS",
     "AccountRecord",
+    "DeviceIdsRecord",
     "InboxRecord",
+    "LinkRecord",
+    "LinkState",
     "OutboxRecord",
+    "PendingListRecord",
+    "RefreshRecord",
     "Stage",
     "next_counter",
 ]
@@ -56,6 +73,7 @@ ACCOUNT: Final = b"account"
 OUTBOX_NEXT: Final = b"outbox_next"
 INBOX_NEXT: Final = b"inbox_next"
 EVENTS_NEXT: Final = b"events_next"
+UPKEEP: Final = b"upkeep"
 
 _VERSION: Final = 1
 _U63: Final = 2**63 - 1
@@ -223,3 +241,331 @@ async def next_counter(tx: Transaction, name: bytes) -> bytes:
         value = int.from_bytes(current, "big")
     await tx.put(Table.META, name, (value + 1).to_bytes(8, "big"))
     return value.to_bytes(8, "big")
+
+
+# --- identity and verification (client_sdk._client.identity) ----------------------------
+
+IDENTITY_PART: Final = "identity"
+"""Second lookup part of a contact's :class:`IdentityRecord` key in VERIFICATION:
+``lookup(user, "identity")`` (its verification record is at ``lookup(user)``)."""
+_KEY_SIZE: Final = 32
+_MAX_KEYS_REMEMBERED: Final = 64
+"""Bound on each list of remembered master keys (retired, reported)."""
+MAX_EQUIVOCATIONS_REMEMBERED: Final = 32
+_MAX_LIST: Final = 256 * 1024
+"""Bound on a stored device list (100 devices of ~120 bytes are far below)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRecord:
+    """The user compared the safety number of this contact's master key:
+    ``{0: v, 1: master_pk, 2: verified_at_ms}`` at ``VERIFICATION / lookup(user)``.
+    It counts only while ``master_pk`` is the pinned key (a re-pin deletes it)."""
+
+    master_pk: bytes = field(repr=False)
+    verified_at_ms: int
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode({0: _VERSION, 1: self.master_pk, 2: self.verified_at_ms})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> VerificationRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "verification", frozenset(range(3)), 1024)
+        try:
+            return cls(
+                cbor.field_bytes(m, 1, "master key", size=_KEY_SIZE),
+                cbor.field_int(m, 2, "verified at", 0, _U63),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(
+                f"verification record does not decode: {type(exc).__name__}"
+            ) from exc
+
+
+def remember(
+    items: tuple[bytes, ...], item: bytes, bound: int = _MAX_KEYS_REMEMBERED
+) -> tuple[bytes, ...]:
+    """``items`` with ``item`` appended (once), keeping the newest ``bound``."""
+    if item in items:
+        return items
+    return (*items, item)[-bound:]
+
+
+def _byte_list(m: dict[int, cbor.Value], key: int, what: str, bound: int) -> tuple[bytes, ...]:
+    values = cbor.field_list(m, key, what, bound)
+    if not all(isinstance(v, bytes) and len(v) == _KEY_SIZE for v in values):
+        raise StoreCorrupt(f"identity record: {what} are not 32-byte strings", table="verification")
+    return tuple(v for v in values if isinstance(v, bytes))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRecord:
+    """What the client remembers about a contact's identity beyond the pinned list:
+    ``{0: v, 1: pending list | null, 2: [retired master keys], 3: [reported master
+    keys], 4: [reported equivocation digests], 5: digest of the list reported stale |
+    null, 6: last refresh from the relay (ms)}`` at ``VERIFICATION / lookup(user,
+    "identity")``.
+
+    ``pending`` is the device list signed by a new master key that a verified
+    contact's relay offered (sending is blocked until it is accepted); ``retired`` are
+    master keys this contact once had pinned and replaced, never accepted again (a
+    relay cannot roll back to them); ``reported`` and ``equivocations`` make each
+    ``IdentityChanged`` / ``DeviceListEquivocation`` event appear once.
+    """
+
+    pending: bytes | None = field(default=None, repr=False)
+    retired: tuple[bytes, ...] = field(default=(), repr=False)
+    reported: tuple[bytes, ...] = field(default=(), repr=False)
+    equivocations: tuple[bytes, ...] = field(default=(), repr=False)
+    stale_reported: bytes | None = field(default=None, repr=False)
+    checked_at_ms: int = 0
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode(
+            {
+                0: _VERSION,
+                1: self.pending,
+                2: list(self.retired),
+                3: list(self.reported),
+                4: list(self.equivocations),
+                5: self.stale_reported,
+                6: self.checked_at_ms,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IdentityRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "identity", frozenset(range(7)), 2 * _MAX_LIST)
+        try:
+            pending = m[1]
+            if pending is not None and not (
+                isinstance(pending, bytes) and len(pending) <= _MAX_LIST
+            ):
+                raise StoreCorrupt(
+                    "identity record: pending list is not bytes", table="verification"
+                )
+            return cls(
+                pending,
+                _byte_list(m, 2, "retired keys", _MAX_KEYS_REMEMBERED),
+                _byte_list(m, 3, "reported keys", _MAX_KEYS_REMEMBERED),
+                _byte_list(m, 4, "equivocation digests", MAX_EQUIVOCATIONS_REMEMBERED),
+                cbor.field_optional_bytes(m, 5, "stale digest", size=_KEY_SIZE),
+                cbor.field_int(m, 6, "checked at", 0, _U63),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"identity record does not decode: {type(exc).__name__}") from exc
+
+    @classmethod
+    async def load(cls, tx: Transaction, key: bytes) -> IdentityRecord:
+        """The record at ``VERIFICATION / key``, or an empty one.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        data = await tx.get(Table.VERIFICATION, key)
+        return cls() if data is None else cls.from_bytes(data)
+
+
+# --- devices and linking (client_sdk._client.linking) ------------------------------------
+
+LINK: Final = b"link"
+"""META: this device's :class:`LinkRecord` (a linking in progress, or how it was linked)."""
+OWN_LIST_PENDING: Final = b"own_list_pending"
+"""META: the primary's :class:`PendingListRecord` (an own device list being published)."""
+USED_DEVICE_IDS: Final = b"used_device_ids"
+"""META: the primary's :class:`DeviceIdsRecord` (every device id its lists ever held)."""
+LIST_REFRESH: Final = b"list_refresh"
+"""META: a :class:`RefreshRecord` (users whose device list a notice said changed)."""
+_MAX_CODE: Final = 256
+_MAX_SEALED: Final = 64 * 1024
+_MAX_IDS: Final = 1 << 16
+_MAX_REFRESH: Final = 1024
+"""Users remembered for a device-list refresh; notices beyond this wait for the
+normal refresh paths (a send's mismatch, an unknown sender, the connect check)."""
+
+
+class LinkState(IntEnum):
+    """How far the linking of a new device got (each committed before the next step)."""
+
+    KEYS = 1
+    """The device's keys are generated; the request may not be in the mailbox yet."""
+    SENT = 2
+    """The sealed request is in the mailbox; waiting for the primary's answer."""
+    DONE = 3
+    """The answer was checked and its account committed (the secrets are gone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRecord:
+    """``{0: v, 1: state, 2: mailbox id, 3: link code (QR payload), 4: signing seed,
+    5: identity private key, 6: started at}``; once ``DONE``, 3 to 5 are empty (the
+    record then only names the mailbox the device was linked through)."""
+
+    state: LinkState
+    mailbox_id: bytes
+    code: bytes = field(repr=False)
+    signing_seed: bytes = field(repr=False)
+    identity_private: bytes = field(repr=False)
+    started_at_ms: int
+
+    def done(self) -> LinkRecord:
+        """The record kept once linking completed: no secret left."""
+        return LinkRecord(LinkState.DONE, self.mailbox_id, b"", b"", b"", self.started_at_ms)
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode(
+            {
+                0: _VERSION,
+                1: int(self.state),
+                2: self.mailbox_id,
+                3: self.code,
+                4: self.signing_seed,
+                5: self.identity_private,
+                6: self.started_at_ms,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LinkRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "link", frozenset(range(7)), 1024)
+        try:
+            state = LinkState(cbor.field_int(m, 1, "link state", 1, 3))
+            secret_size = 0 if state is LinkState.DONE else 32
+            record = cls(
+                state,
+                cbor.field_bytes(m, 2, "mailbox id", size=16),
+                cbor.field_bytes(m, 3, "link code", max_size=_MAX_CODE),
+                cbor.field_bytes(m, 4, "signing seed", size=secret_size),
+                cbor.field_bytes(m, 5, "identity key", size=secret_size),
+                cbor.field_int(m, 6, "started at", 0, _U63),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"link record does not decode: {type(exc).__name__}") from exc
+        if (state is LinkState.DONE) != (not record.code):
+            raise StoreCorrupt("link record: a code only while linking", table=Table.META.value)
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class PendingListRecord:
+    """An own device list the primary publishes: ``{0: v, 1: signed list, 2: published,
+    3: mailbox id | null, 4: sealed link answer | null}``. Committed before the list is
+    sent to the relay; ``published`` once the relay accepted it (and the list was
+    adopted); deleted when the answer (if any) is in the link mailbox. A restart finds
+    it and settles it: a list the relay does not hold was never published (dropped);
+    one it holds is adopted and its answer delivered."""
+
+    signed_list: bytes = field(repr=False)
+    published: bool
+    mailbox_id: bytes | None = field(default=None, repr=False)
+    sealed_answer: bytes | None = field(default=None, repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode(
+            {
+                0: _VERSION,
+                1: self.signed_list,
+                2: self.published,
+                3: self.mailbox_id,
+                4: self.sealed_answer,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PendingListRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "pending list", frozenset(range(5)), _MAX_LIST + 2 * _MAX_SEALED)
+        try:
+            record = cls(
+                cbor.field_bytes(m, 1, "signed list", max_size=_MAX_LIST),
+                cbor.field_bool(m, 2, "published"),
+                cbor.field_optional_bytes(m, 3, "mailbox id", size=16),
+                None if m[4] is None else cbor.field_bytes(m, 4, "answer", max_size=_MAX_SEALED),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"pending list does not decode: {type(exc).__name__}") from exc
+        if (record.mailbox_id is None) != (record.sealed_answer is None):
+            raise StoreCorrupt("pending list: an answer needs its mailbox", table=Table.META.value)
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdsRecord:
+    """``{0: v, 1: [device ids]}``, ascending: ids never to be given again."""
+
+    ids: frozenset[int]
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode({0: _VERSION, 1: list(sorted(self.ids))})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeviceIdsRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "device ids", frozenset(range(2)), 8 * _MAX_IDS)
+        try:
+            values = cbor.field_list(m, 1, "device ids", _MAX_IDS)
+        except E2EEError as exc:
+            raise StoreCorrupt(f"device ids do not decode: {type(exc).__name__}") from exc
+        if not all(type(v) is int and 0 <= v <= DEVICE_ID_MAX for v in values):
+            raise StoreCorrupt("device ids: not 32-bit integers", table=Table.META.value)
+        return cls(frozenset(v for v in values if isinstance(v, int)))
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRecord:
+    """``{0: v, 1: [user ids]}``: users whose device list a ``device_list_notice`` said
+    is newer than ours (fetched after the transaction that received the notice)."""
+
+    users: tuple[str, ...]
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode({0: _VERSION, 1: list(self.users)})
+
+    def adding(self, user_id: str) -> RefreshRecord:
+        """This record with ``user_id`` (once; the oldest dropped past the bound)."""
+        if user_id in self.users:
+            return self
+        return RefreshRecord((*self.users, user_id)[-_MAX_REFRESH:])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RefreshRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "refresh", frozenset(range(2)), 80 * _MAX_REFRESH)
+        try:
+            values = cbor.field_list(m, 1, "users", _MAX_REFRESH)
+            return cls(tuple(check_user_id(v) for v in values))
+        except E2EEError as exc:
+            raise StoreCorrupt(f"refresh record does not decode: {type(exc).__name__}") from exc

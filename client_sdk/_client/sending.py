@@ -76,16 +76,19 @@ class SendingMixin(ClientBase):
         users = [user_id] if user_id == account.user_id else [user_id, account.user_id]
         lists = {u: await self._device_list(conn, u) for u in users}
         plan = {u: self._targets(lists[u]) for u in users}
-        bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
         payloads = {user_id: payload, account.user_id: own_payload}
         key = b""
         peers = [self._store.lookup_key(d.user_id, d.device_id) for ds in plan.values() for d in ds]
-        async with self._peer_locks_held(peers), self._store.transaction() as tx:
-            ciphertexts = await self._encrypt(tx, plan, bundles, payloads, now)
-            frame = Send(msg_id, tuple((u, tuple(ciphertexts[u].items())) for u in users))
-            key = await records.next_counter(tx, records.OUTBOX_NEXT)
-            record = OutboxRecord(msg_id, user_id, payload, own_payload, frame.to_bytes())
-            await tx.put(Table.OUTBOX, key, record.to_bytes())
+        # Bundles are claimed under the peer locks (DESIGN 6: the lock covers session
+        # creation): concurrent sends to a new device claim one bundle, not one each.
+        async with self._peer_locks_held(peers):
+            bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
+            async with self._store.transaction() as tx:
+                ciphertexts = await self._encrypt(tx, plan, bundles, payloads, now)
+                frame = Send(msg_id, tuple((u, tuple(ciphertexts[u].items())) for u in users))
+                key = await records.next_counter(tx, records.OUTBOX_NEXT)
+                record = OutboxRecord(msg_id, user_id, payload, own_payload, frame.to_bytes())
+                await tx.put(Table.OUTBOX, key, record.to_bytes())
         await self._deliver(conn, key, record)
         return msg_id
 
@@ -201,22 +204,23 @@ class SendingMixin(ClientBase):
             listed = {d.device_id: d for d in self._targets(stored)}
             kept[user_id] = {d: ct for d, ct in devices if d in listed}
             plan[user_id] = [p for d, p in listed.items() if d not in kept[user_id]]
-        bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
         payloads = {record.recipient: record.payload, account.user_id: record.own_payload}
         peers = [self._store.lookup_key(d.user_id, d.device_id) for ds in plan.values() for d in ds]
-        async with self._peer_locks_held(peers), self._store.transaction() as tx:
-            fresh = await self._encrypt(tx, plan, bundles, payloads, self._clock())
-            addressed = tuple(
-                (u, tuple(sorted({**kept[u], **fresh[u]}.items()))) for u, _ in frame.addressed
-            )
-            updated = OutboxRecord(
-                record.client_msg_id,
-                record.recipient,
-                record.payload,
-                record.own_payload,
-                Send(record.client_msg_id, addressed).to_bytes(),
-            )
-            await tx.put(Table.OUTBOX, key, updated.to_bytes())
+        async with self._peer_locks_held(peers):
+            bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
+            async with self._store.transaction() as tx:
+                fresh = await self._encrypt(tx, plan, bundles, payloads, self._clock())
+                addressed = tuple(
+                    (u, tuple(sorted({**kept[u], **fresh[u]}.items()))) for u, _ in frame.addressed
+                )
+                updated = OutboxRecord(
+                    record.client_msg_id,
+                    record.recipient,
+                    record.payload,
+                    record.own_payload,
+                    Send(record.client_msg_id, addressed).to_bytes(),
+                )
+                await tx.put(Table.OUTBOX, key, updated.to_bytes())
         logger.info("message readdressed after a device mismatch")
         return updated
 

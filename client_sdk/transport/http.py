@@ -1,5 +1,6 @@
 """The relay's HTTP endpoints the SDK uses: registration (``POST /v1/register/nonce``,
-``POST /v1/register``) and the client configuration (``GET /v1/config``).
+``POST /v1/register``), the client configuration (``GET /v1/config``) and the
+device-link mailbox (``PUT /v1/link/{id}/{slot}``, ``POST /v1/link/{id}/{slot}/take``).
 
 A deliberately small HTTP/1.1 client on :mod:`asyncio` streams and :mod:`ssl` (one
 request per connection, ``Connection: close``, bounded headers and bodies) keeps the
@@ -11,6 +12,7 @@ checked on the TLS handshake. Refusals are the relay's JSON error bodies
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
@@ -45,7 +47,9 @@ __all__ = [
     "Registered",
     "RelayConfig",
     "fetch_config",
+    "put_link_slot",
     "register",
+    "take_link_slot",
 ]
 
 logger = logging.getLogger(__name__)
@@ -374,3 +378,81 @@ async def register(
         raise MalformedResponse("register: the relay named another account")
     logger.info("registered device %d", device_id)
     return Registered(user_id, device_id)
+
+
+# --- the device-link mailbox ------------------------------------------------------------
+
+
+def _link_path(mailbox_id: bytes, slot: int) -> str:
+    if len(mailbox_id) != 16 or slot not in (0, 1):
+        raise UsageError("a link mailbox id is 16 bytes and its slots are 0 and 1")
+    encoded = base64.urlsafe_b64encode(mailbox_id).rstrip(b"=").decode("ascii")
+    return f"/v1/link/{encoded}/{slot}"
+
+
+async def put_link_slot(
+    http_url: str,
+    mailbox_id: bytes,
+    slot: int,
+    sealed: bytes,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    spki_pin: bytes | None = None,
+    timeout: float = HTTP_TIMEOUT,
+) -> int:
+    """``PUT /v1/link/{id}/{slot}`` (``docs/blobs-and-links.md``): write one slot of a
+    device-link mailbox with a sealed blob; return when the relay drops it (ms).
+
+    Raises:
+        RelayRefused: (typed by code) an error answer; ``http_status`` 409 when the slot
+            was written before.
+        MalformedResponse: the answer does not parse.
+        PinMismatch, ConnectionFailed, RequestTimeout, UsageError: as :func:`register`
+            (``UsageError`` also for a bad id or slot, or an empty blob).
+    """
+    if not sealed:
+        raise UsageError("a link mailbox blob is not empty")
+    path = _link_path(mailbox_id, slot)
+    response = await _exchange(
+        http_url, "PUT", path, sealed, ssl=ssl, spki_pin=spki_pin, timeout=timeout
+    )
+    if response.status != 201:
+        raise _refusal(response)
+    try:
+        value = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedResponse("link put: not JSON") from None
+    expires = value.get("expires_at_ms") if isinstance(value, dict) else None
+    if type(expires) is not int or expires < 0:
+        raise MalformedResponse("link put: expires_at_ms must be a non-negative integer")
+    return expires
+
+
+async def take_link_slot(
+    http_url: str,
+    mailbox_id: bytes,
+    slot: int,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    spki_pin: bytes | None = None,
+    timeout: float = HTTP_TIMEOUT,
+) -> bytes | None:
+    """``POST /v1/link/{id}/{slot}/take``: the slot's sealed blob, which the relay
+    deletes as it returns it; ``None`` when the slot is empty, taken or expired (404).
+
+    Raises:
+        RelayRefused: (typed by code) another error answer (``RateLimited`` on 429).
+        MalformedResponse: an empty answer, or one above ``MAX_RESPONSE_BODY``.
+        PinMismatch, ConnectionFailed, RequestTimeout, UsageError: as :func:`put_link_slot`.
+    """
+    path = _link_path(mailbox_id, slot) + "/take"
+    response = await _exchange(
+        http_url, "POST", path, b"", ssl=ssl, spki_pin=spki_pin, timeout=timeout
+    )
+    if response.status == 404:
+        return None
+    if response.status != 200:
+        raise _refusal(response)
+    if not response.body:
+        raise MalformedResponse("link take: an empty blob")
+    return response.body
