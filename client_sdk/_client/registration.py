@@ -39,6 +39,7 @@ class RegistrationMixin(ClientBase):
 
         Raises:
             UsageError: already registered, a resumed registration for another user id,
+                a store that started linking to an account,
                 or an invalid user id.
             UserIdTaken: another account has this user id.
             AuthFailed: a wrong or missing registration token.
@@ -52,6 +53,13 @@ class RegistrationMixin(ClientBase):
         except E2EEError as exc:
             raise UsageError(str(exc)) from exc
         if self._account is None:
+            async with self._store.transaction() as tx:
+                linking = await tx.get(Table.META, records.LINK)
+            if linking is not None:
+                raise UsageError(
+                    "this store started linking to an existing account; open it with "
+                    "its link code (or use a new store to register)"
+                )
             await self._create_keys(user_id)
         account = self._account
         if account is None:  # pragma: no cover - set by _create_keys

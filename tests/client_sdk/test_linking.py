@@ -355,6 +355,9 @@ async def test_timeouts_are_resumable(harness: Harness, relay: RunningRelay) -> 
                 pass  # pragma: no cover - open raises
         async with harness.open("new") as pending:
             assert not pending.is_registered and pending.link_pending
+            with pytest.raises(UsageError, match="linking"):
+                await pending.register(_uid("other"))
+            assert pending.link_pending  # the refused register changed nothing
         # the request is in the mailbox; the primary takes it now
         completing = asyncio.create_task(offer.complete(timeout=WAIT))
         async with harness.open("new", link_code=offer.code) as new:
