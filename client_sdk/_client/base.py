@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl as ssl_module
 from abc import ABC, abstractmethod
@@ -61,9 +62,18 @@ def decode_stored_list(data: bytes | None) -> SignedDeviceList | None:
     if data is None:
         return None
     try:
-        return SignedDeviceList.from_bytes(data)
+        return _decode_list(data)
     except E2EEError as exc:
         raise StoreCorrupt("a stored device list does not decode") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_list(data: bytes) -> SignedDeviceList:
+    """``SignedDeviceList.from_bytes`` (which verifies the master signature) memoized
+    on the exact bytes: every send and every received message reads a stored list, and
+    the signature check was about a third of the SDK's CPU per message (bench/sdk.py).
+    The result is immutable, and equal bytes verify equally; failures are not cached."""
+    return SignedDeviceList.from_bytes(data)
 
 
 class ClientBase(ABC):
@@ -229,12 +239,7 @@ class ClientBase(ABC):
     async def _stored_list(self, user_id: str) -> SignedDeviceList | None:
         async with self._store.transaction() as tx:
             data = await tx.get(Table.PEER_DEVICE_LISTS, self._store.lookup_key(user_id))
-        if data is None:
-            return None
-        try:
-            return SignedDeviceList.from_bytes(data)
-        except E2EEError as exc:
-            raise StoreCorrupt("a stored device list does not decode") from exc
+        return decode_stored_list(data)
 
     async def _device_list(
         self, conn: RelayConnection, user_id: str, *, refresh: bool = False
