@@ -1,4 +1,33 @@
-"""Client SDK (issue 4, DESIGN 6), in progress: a first slice of the client
-(:class:`client_sdk.client.Client`: register, send, receive), its encrypted local
-store (:mod:`client_sdk.store`), its relay transport (:mod:`client_sdk.transport`) and
-its error tree (:mod:`client_sdk.errors`). ``docs/sdk.md`` says what works so far."""
+"""Client SDK (issue 4, DESIGN 6): what a chat app embeds.
+
+:class:`Client` (``client_sdk.client``) owns the device's keys in an encrypted local
+store (:mod:`client_sdk.store`), talks to the relay over WebSockets
+(:mod:`client_sdk.transport`), and gives the app ``send``, ``messages()``, typed
+security events (:mod:`client_sdk.events`), safety numbers, device linking and key
+upkeep. Every error is a :class:`~client_sdk.errors.ClientError`. ``docs/sdk.md`` is
+the guide; ``e2ee demo`` shows it end to end.
+
+The names most apps need are re-exported here::
+
+    from client_sdk import Client
+"""
+
+from .client import (
+    Client,
+    ContactSafetyNumber,
+    EventItem,
+    LinkOffer,
+    Message,
+    VerificationState,
+)
+from .errors import ClientError
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "ContactSafetyNumber",
+    "EventItem",
+    "LinkOffer",
+    "Message",
+    "VerificationState",
+]

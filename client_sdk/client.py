@@ -47,7 +47,7 @@ from e2ee.primitives import Rng, default_rng
 
 from ._client import records
 from ._client.base import ClientBase
-from ._client.identity import IdentityMixin
+from ._client.identity import ContactSafetyNumber, IdentityMixin, VerificationState
 from ._client.linking import LINK_TIMEOUT, LinkingMixin, LinkOffer
 from ._client.receiving import Message, ReceivingMixin
 from ._client.records import AccountRecord, LinkRecord, LinkState
@@ -63,11 +63,13 @@ from .transport import RelayConnection
 __all__ = [
     "MAX_SEND_ATTEMPTS",
     "Client",
+    "ContactSafetyNumber",
     "EventItem",
     "IdentityError",
     "LinkOffer",
     "Message",
     "SendFailed",
+    "VerificationState",
 ]
 
 logger = logging.getLogger(__name__)
