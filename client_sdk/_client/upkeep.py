@@ -72,7 +72,7 @@ from ..errors import (
 from ..events import KeyCheckMismatch
 from ..store import Table, Transaction
 from ..transport import Delivery, PreKeysLowEvent, RelayConnection, RelayEvent, fetch_config
-from . import records
+from . import records, sessions
 from .receiving import ReceivingMixin
 
 __all__ = [
@@ -92,6 +92,12 @@ MAX_RETENTION_RELAY_TTL_MS: Final = 90 * DAY_MS
 """The largest relay message TTL that extends how long superseded signed and
 last-resort prekeys are kept (DESIGN 4.4: ``max(35 days, TTL + 5 days)``): a relay
 advertising a longer TTL cannot make the device keep old private keys for ever."""
+
+DEDUPE_MIN_RETENTION_MS: Final = 30 * DAY_MS
+"""Dedupe records are kept at least this long (the relay's default message TTL)..."""
+DEDUPE_MARGIN_MS: Final = 5 * DAY_MS
+"""...plus this margin over the relay's TTL (clock skew; DESIGN 4.4 keeps superseded
+prekeys TTL + 5 days for the same reason)."""
 
 SIGNED: Final = "signed_prekey"
 """``KeyCheckMismatch.what`` for the signed prekey."""
@@ -347,6 +353,43 @@ class UpkeepMixin(ReceivingMixin):
                 )
                 await self._upload(conn, upload)
         await self._check_device_list(conn, status)
+        await self._expire_local_state()
+
+    async def _expire_local_state(self) -> None:
+        """Forget local state whose time is over (DESIGN 4.4): archived sessions idle for
+        30 days and skipped message keys older than 30 days (``SessionRecord.expire``,
+        each peer device in a transaction of its own), and dedupe records older than the
+        relay's message TTL plus a margin (the relay can no longer deliver a copy of
+        such a message). Runs in every upkeep pass (on connect and hourly)."""
+        now = self._clock()
+        async with self._store.transaction() as tx:
+            peers = [key for key, _ in await tx.scan(Table.SESSIONS)]
+        expired = 0
+        for lookup in peers:
+            async with self._peer_locks_held([lookup]), self._store.transaction() as tx:
+                loaded = await sessions.load(tx, lookup, skipped=True)
+                record = loaded.record
+                if record is None:
+                    continue
+                before = (
+                    len(record.sessions),
+                    sum(len(x.ratchet.skipped) for x in record.sessions),
+                )
+                record.expire(now)
+                after = (len(record.sessions), sum(len(x.ratchet.skipped) for x in record.sessions))
+                if after != before:
+                    await loaded.save(tx, record)
+                    expired += 1
+        ttl = self._relay_ttl_ms if self._relay_ttl_ms is not None else MAX_RETENTION_RELAY_TTL_MS
+        keep_ms = max(ttl, DEDUPE_MIN_RETENTION_MS) + DEDUPE_MARGIN_MS
+        async with self._store.transaction() as tx:
+            dropped = 0
+            for key, value in await tx.scan(Table.DEDUPE):
+                if len(value) == 8 and now - int.from_bytes(value, "big") > keep_ms:
+                    await tx.delete(Table.DEDUPE, key)
+                    dropped += 1
+        if expired or dropped:
+            logger.info("expired state of %d peer devices and %d dedupe records", expired, dropped)
 
     async def _upload(self, conn: RelayConnection, upload: _Upload) -> None:
         await conn.upload_prekeys(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from client_sdk._client import records
+from client_sdk._client import records, sessions
 from client_sdk._client.upkeep import UpkeepRecord
 from client_sdk.client import Client, Message
 from client_sdk.errors import ConnectedElsewhere, ConnectionFailed
@@ -734,3 +734,48 @@ async def test_connected_elsewhere_reports_and_reconnects(
             await _until(lambda: _length_is(got, 1))
             assert got[0].body == "after the takeover"
         assert await _events(bob) == [ConnectedElsewhereEvent(reconnecting=True)]
+
+
+@pytest.mark.asyncio
+async def test_old_skipped_keys_and_dedupe_records_expire(harness: Harness) -> None:
+    clock = Clock(now_ms())
+    alice_id, bob_id = _uid("alice"), _uid("bob")
+    async with harness.open("alice", clock) as alice, harness.open("bob", clock) as bob:
+        await alice.register(alice_id)
+        await bob.register(bob_id)
+        for body in ("one", "two", "three"):
+            await alice.send(bob_id, body)
+        original = bob._receive
+        seen: list[int] = []
+
+        async def miss_the_second(conn: RelayConnection, delivery: Any) -> None:
+            seen.append(delivery.seq)
+            if len(seen) == 2:  # acknowledged, never decrypted: its key stays skipped
+                await conn.ack([delivery.seq])
+                return
+            await original(conn, delivery)
+
+        bob._receive = miss_the_second  # type: ignore[method-assign]
+        assert [m.body for m in await _take(bob, 2)] == ["one", "three"]
+        lookup = bob._store.lookup_key(alice_id, alice.device_id)
+
+        async def state() -> tuple[int, int]:
+            async with bob._store.transaction() as tx:
+                loaded = await sessions.load(tx, lookup, skipped=True)
+                assert loaded.record is not None
+                skipped = sum(len(s.ratchet.skipped) for s in loaded.record.sessions)
+                return skipped, await tx.count(Table.DEDUPE)
+
+        assert await state() == (1, 2)
+        clock.ms += 30 * DAY_MS  # exactly 30 days: still kept
+        await bob._expire_local_state()
+        assert await state() == (1, 2)
+        clock.ms += 1 * DAY_MS  # the skipped key is over 30 days old; dedupe outlives it
+        await bob._expire_local_state()
+        assert await state() == (0, 2)
+        clock.ms += 65 * DAY_MS  # past any relay TTL this client keeps (90 + 5 days)
+        await bob._expire_local_state()
+        assert await state() == (0, 0)
+        # the session itself is active and kept: the conversation goes on
+        await alice.send(bob_id, "four")
+        assert [m.body for m in await _take(bob, 1)] == ["four"]
