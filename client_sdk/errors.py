@@ -40,6 +40,7 @@ __all__ = [
     "RequestTimeout",
     "SafetyNumberMismatch",
     "SendFailed",
+    "SessionResetTooSoon",
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
@@ -456,3 +457,23 @@ class LinkRejected(LinkError):
     possession, a device list that does not hold this device's keys), or the primary
     refused. The primary's device list is unchanged when the primary raises this; the
     code is spent: link again with a new one."""
+
+
+class SessionResetTooSoon(ClientError):
+    """``reset_session`` without ``force``: a session with this device was reset (by
+    ``reset_session`` or by the recovery of an undecryptable message) less than an hour
+    ago. Nothing was changed; call again later, or with ``force=True``.
+
+    Attributes:
+        user_id, device_id: the peer device.
+        retry_after_ms: how long until a reset without ``force`` is accepted.
+    """
+
+    def __init__(self, user_id: str, device_id: int, retry_after_ms: int) -> None:
+        super().__init__(
+            f"the session with {user_id!r} device {device_id} was reset less than an hour "
+            f"ago (again in {retry_after_ms // 1000} s, or pass force=True)"
+        )
+        self.user_id = user_id
+        self.device_id = device_id
+        self.retry_after_ms = retry_after_ms

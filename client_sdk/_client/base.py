@@ -41,7 +41,7 @@ from ..events import (
 )
 from ..store import Store, Table, Transaction
 from ..transport import DeviceIdentity, ReconnectPolicy, RelayConnection, RelayEvent
-from . import records
+from . import records, sessions
 from .records import AccountRecord, IdentityRecord, Stage
 
 __all__ = ["ClientBase"]
@@ -440,7 +440,7 @@ class ClientBase(ABC):
             ids.update(entry.device_id for entry in old.statement.devices)
             retired = records.remember(retired, old.statement.master_pk)
         for device_id in sorted(ids):
-            await tx.delete(Table.SESSIONS, self._store.lookup_key(user_id, device_id))
+            await sessions.delete_all(tx, self._store.lookup_key(user_id, device_id))
         await tx.delete(Table.VERIFICATION, self._store.lookup_key(user_id))
         ident = replace(
             ident,

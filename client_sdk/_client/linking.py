@@ -85,7 +85,7 @@ from ..errors import (
 from ..store import Table, Transaction
 from ..transport import Delivery, RelayConnection
 from ..transport.http import HTTP_TIMEOUT, put_link_slot, take_link_slot
-from . import records
+from . import records, sessions
 from .base import decode_stored_list
 from .receiving import ReceivingMixin
 from .records import (
@@ -486,7 +486,7 @@ class LinkingMixin(RegistrationMixin, SendingMixin, ReceivingMixin):
                 DeviceIdsRecord(used.ids | before | after).to_bytes(),
             )
             for gone in sorted(before - after):
-                await tx.delete(Table.SESSIONS, self._store.lookup_key(account.user_id, gone))
+                await sessions.delete_all(tx, self._store.lookup_key(account.user_id, gone))
             if pending.sealed_answer is not None:
                 published = replace(pending, published=True)
                 await tx.put(Table.META, records.OWN_LIST_PENDING, published.to_bytes())

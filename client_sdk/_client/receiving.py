@@ -29,7 +29,7 @@ from ..events import (
 )
 from ..store import Table, Transaction
 from ..transport import Delivery, PreKeysLowEvent, RelayConnection, RelayEvent
-from . import records
+from . import records, sessions
 from .base import ClientBase
 from .identity import VerificationState, read_verification_state
 from .records import InboxRecord
@@ -279,8 +279,10 @@ class ReceivingMixin(ClientBase):
         lookup = self._store.lookup_key(user, dev)
         now = self._clock()
         async with self._peer_locks_held([lookup]), self._store.transaction() as tx:
-            data = await tx.get(Table.SESSIONS, lookup)
-            record = None if data is None else SessionRecord.from_bytes(data)
+            # With the skipped keys (rows of their own, sessions.py): only decryption
+            # reads or changes them.
+            loaded = await sessions.load(tx, lookup, skipped=True)
+            record = loaded.record
             # Decoding the prekeys rebuilds every held ML-KEM key (about 10 ms): only a
             # pre-key message that starts a session reads them; others get an empty set.
             needed = _needs_prekeys(delivery.ciphertext, record)
@@ -296,7 +298,7 @@ class ReceivingMixin(ClientBase):
                 await self._undecryptable(tx, delivery, exc)
                 result = None
             if result is not None:
-                await tx.put(Table.SESSIONS, lookup, result.record.to_bytes())
+                await loaded.save(tx, result.record)
                 if result.prekey_use is not None:
                     result.commit_prekeys(prekeys)
                     await tx.put(Table.PREKEYS, records.PREKEYS, prekeys.to_bytes())

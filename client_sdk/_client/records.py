@@ -24,6 +24,12 @@ peer are the store's keyed lookup hashes, never identifiers.
 | META | ``b"own_list_pending"`` | :class:`PendingListRecord` (primary: an own device list being published, with a link answer to deliver) |
 | META | ``b"used_device_ids"`` | :class:`DeviceIdsRecord` (primary: every device id its lists held) |
 | META | ``b"list_refresh"`` | :class:`RefreshRecord` (users whose device list a notice said changed) |
+| META | ``b"rv/m/"`` + client message id | :class:`SentMessageRecord` (a sent message, 24 h, for resends) |
+| META | ``b"rv/t/"`` + sent at (8 bytes) + client message id | empty (age index of the above, for the purge) |
+| META | ``b"rv/c/"`` + ``lookup("sent-copy", ratchet key, counter)`` | :class:`SentCopyRecord` (which device a sent ciphertext was for) |
+| META | ``b"rv/d/"`` + ``lookup(user, device)`` | :class:`PeerRecoveryRecord` (new sessions, retry requests, missing messages reported) |
+| META | ``b"rv/r/"`` + ``lookup(user, device)`` | :class:`ResetRecord` (the next message to that device starts a new session) |
+| META | ``b"rv/q/"`` / ``b"rv/s/"`` + counter, ``b"recovery_next"`` | :class:`RetryJobRecord` / :class:`ResendJobRecord` (queued until sent), their counter |
 """
 
 from __future__ import annotations
@@ -569,3 +575,298 @@ class RefreshRecord:
             return cls(tuple(check_user_id(v) for v in values))
         except E2EEError as exc:
             raise StoreCorrupt(f"refresh record does not decode: {type(exc).__name__}") from exc
+
+
+# --- recovery (client_sdk._client.recovery, client_sdk._client.sending) -----------------
+
+RECOVERY_NEXT: Final = b"recovery_next"
+"""META: counter of queued recovery jobs (:class:`RetryJobRecord`, :class:`ResendJobRecord`)."""
+SENT_MESSAGE_PREFIX: Final = b"rv/m/"
+"""META ``+ client_msg_id``: a :class:`SentMessageRecord` (kept 24 h for resends)."""
+SENT_TIME_PREFIX: Final = b"rv/t/"
+"""META ``+ sent_at (8 bytes) + client_msg_id``: empty; orders sent messages by age for
+the purge."""
+SENT_COPY_PREFIX: Final = b"rv/c/"
+"""META ``+ lookup("sent-copy", ratchet key, counter)``: a :class:`SentCopyRecord`."""
+PEER_RECOVERY_PREFIX: Final = b"rv/d/"
+"""META ``+ lookup(user, device)``: a :class:`PeerRecoveryRecord`."""
+RESET_PREFIX: Final = b"rv/r/"
+"""META ``+ lookup(user, device)``: a :class:`ResetRecord` (the next message to that
+device starts a new session)."""
+RETRY_JOB_PREFIX: Final = b"rv/q/"
+"""META ``+ counter``: a :class:`RetryJobRecord` (a retry request to send)."""
+RESEND_JOB_PREFIX: Final = b"rv/s/"
+"""META ``+ counter``: a :class:`ResendJobRecord` (a message to resend)."""
+SENT_COPY_PART: Final = "sent-copy"
+"""First lookup part of a :class:`SentCopyRecord` key (keeps it apart from peer keys)."""
+_MAX_COPIES: Final = 4096
+"""Copies remembered per sent message (every device of two users, readdresses, resends)."""
+_MAX_RESENT: Final = 1024
+_MAX_REQUESTED: Final = 64
+"""Retry requests remembered per peer device (at most one an hour is sent)."""
+_REQUESTED_SIZE: Final = _KEY_SIZE + 4
+
+
+def _optional_int(m: dict[int, cbor.Value], key: int, what: str) -> int | None:
+    return None if m[key] is None else cbor.field_int(m, key, what, 0, _U63)
+
+
+def _bytes_list(
+    m: dict[int, cbor.Value], key: int, what: str, bound: int, size: int
+) -> tuple[bytes, ...]:
+    values = cbor.field_list(m, key, what, bound)
+    if not all(isinstance(v, bytes) and len(v) == size for v in values):
+        raise StoreCorrupt(f"{what} are not {size}-byte strings", table=Table.META.value)
+    return tuple(v for v in values if isinstance(v, bytes))
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessageRecord:
+    """A message this device sent, kept 24 hours so a retry request can be honoured:
+    ``{0: v, 1: client_msg_id, 2: sent_at_ms, 3: recipient user, 4: payload for the
+    recipient's devices, 5: payload for our own other devices, 6: [keys of its
+    SentCopyRecords], 7: [lookup(user, device) of the devices it was resent to]}``."""
+
+    client_msg_id: bytes
+    sent_at_ms: int
+    recipient: str
+    payload: bytes = field(repr=False)
+    own_payload: bytes = field(repr=False)
+    copies: tuple[bytes, ...] = field(default=(), repr=False)
+    resent_to: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode(
+            {
+                0: _VERSION,
+                1: self.client_msg_id,
+                2: self.sent_at_ms,
+                3: self.recipient,
+                4: self.payload,
+                5: self.own_payload,
+                6: list(self.copies),
+                7: list(self.resent_to),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SentMessageRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(
+            data,
+            "sent message",
+            frozenset(range(8)),
+            2 * _MAX_PAYLOAD + (_MAX_COPIES + _MAX_RESENT) * (_KEY_SIZE + 3) + 1024,
+        )
+        try:
+            return cls(
+                cbor.field_bytes(m, 1, "client message id", size=_MSG_ID_SIZE),
+                cbor.field_int(m, 2, "sent at", 0, _U63),
+                check_user_id(m[3]),
+                cbor.field_bytes(m, 4, "payload", max_size=_MAX_PAYLOAD),
+                cbor.field_bytes(m, 5, "own payload", max_size=_MAX_PAYLOAD),
+                _bytes_list(m, 6, "copy keys", _MAX_COPIES, len(SENT_COPY_PREFIX) + _KEY_SIZE),
+                _bytes_list(m, 7, "resent devices", _MAX_RESENT, _KEY_SIZE),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"sent message does not decode: {type(exc).__name__}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SentCopyRecord:
+    """One ciphertext of a sent message, found by the (ratchet key, counter) of its
+    header: ``{0: v, 1: client_msg_id, 2: user, 3: device}`` (the device it was
+    encrypted for)."""
+
+    client_msg_id: bytes
+    user_id: str
+    device_id: int
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode({0: _VERSION, 1: self.client_msg_id, 2: self.user_id, 3: self.device_id})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SentCopyRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "sent copy", frozenset(range(4)), 1024)
+        try:
+            return cls(
+                cbor.field_bytes(m, 1, "client message id", size=_MSG_ID_SIZE),
+                check_user_id(m[2]),
+                cbor.field_int(m, 3, "device id", 0, DEVICE_ID_MAX),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"sent copy does not decode: {type(exc).__name__}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecoveryRecord:
+    """What recovery remembers about one peer device: ``{0: v, 1: last new session
+    (a reset or an honoured retry request) | null, 2: last retry request sent to it |
+    null, 3: [ratchet key || counter (4 bytes) of the retry requests sent], 4: the
+    skipped-key age up to which missing messages were reported | null}``."""
+
+    last_new_session_ms: int | None = None
+    last_request_ms: int | None = None
+    requested: tuple[bytes, ...] = field(default=(), repr=False)
+    missing_reported_until_ms: int | None = None
+
+    def requesting(self, name: bytes, now_ms: int) -> PeerRecoveryRecord:
+        """This record after a retry request for ``name`` (ratchet key || counter)."""
+        return PeerRecoveryRecord(
+            self.last_new_session_ms,
+            now_ms,
+            (*self.requested, name)[-_MAX_REQUESTED:],
+            self.missing_reported_until_ms,
+        )
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode(
+            {
+                0: _VERSION,
+                1: self.last_new_session_ms,
+                2: self.last_request_ms,
+                3: list(self.requested),
+                4: self.missing_reported_until_ms,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PeerRecoveryRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "peer recovery", frozenset(range(5)), 64 + 40 * _MAX_REQUESTED)
+        try:
+            return cls(
+                _optional_int(m, 1, "last new session"),
+                _optional_int(m, 2, "last request"),
+                _bytes_list(m, 3, "requested", _MAX_REQUESTED, _REQUESTED_SIZE),
+                _optional_int(m, 4, "missing reported until"),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"peer recovery does not decode: {type(exc).__name__}") from exc
+
+    @classmethod
+    async def load(cls, tx: Transaction, key: bytes) -> PeerRecoveryRecord:
+        """The record at ``META / key``, or an empty one.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        data = await tx.get(Table.META, key)
+        return cls() if data is None else cls.from_bytes(data)
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRecord:
+    """``{0: v, 1: requested_at_ms}``: the next message to this peer device starts a new
+    session from a freshly claimed bundle (deleted when it did)."""
+
+    requested_at_ms: int
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode({0: _VERSION, 1: self.requested_at_ms})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ResetRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "reset", frozenset(range(2)), 64)
+        try:
+            return cls(cbor.field_int(m, 1, "requested at", 0, _U63))
+        except E2EEError as exc:
+            raise StoreCorrupt(f"reset record does not decode: {type(exc).__name__}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class RetryJobRecord:
+    """A retry request to send after the transaction that decided it: ``{0: v, 1: user,
+    2: device (asked to resend), 3: ratchet key, 4: counter, 5: client_msg_id (zero:
+    unknown)}``."""
+
+    user_id: str
+    device_id: int
+    ratchet_pk: bytes = field(repr=False)
+    counter: int
+    client_msg_id: bytes
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode(
+            {
+                0: _VERSION,
+                1: self.user_id,
+                2: self.device_id,
+                3: self.ratchet_pk,
+                4: self.counter,
+                5: self.client_msg_id,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RetryJobRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "retry job", frozenset(range(6)), 1024)
+        try:
+            return cls(
+                check_user_id(m[1]),
+                cbor.field_int(m, 2, "device id", 0, DEVICE_ID_MAX),
+                cbor.field_bytes(m, 3, "ratchet key", size=_KEY_SIZE),
+                cbor.field_int(m, 4, "counter", 0, 2**32 - 1),
+                cbor.field_bytes(m, 5, "client message id", size=_MSG_ID_SIZE),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"retry job does not decode: {type(exc).__name__}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ResendJobRecord:
+    """A message to resend after the transaction that honoured a retry request:
+    ``{0: v, 1: client_msg_id, 2: user, 3: device}``."""
+
+    client_msg_id: bytes
+    user_id: str
+    device_id: int
+
+    def to_bytes(self) -> bytes:
+        """Versioned CBOR."""
+        return cbor.encode({0: _VERSION, 1: self.client_msg_id, 2: self.user_id, 3: self.device_id})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ResendJobRecord:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            StoreCorrupt: it does not decode.
+        """
+        m = _decode(data, "resend job", frozenset(range(4)), 1024)
+        try:
+            return cls(
+                cbor.field_bytes(m, 1, "client message id", size=_MSG_ID_SIZE),
+                check_user_id(m[2]),
+                cbor.field_int(m, 3, "device id", 0, DEVICE_ID_MAX),
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt(f"resend job does not decode: {type(exc).__name__}") from exc

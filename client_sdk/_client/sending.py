@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 from e2ee.device_list import PeerDevice
 from e2ee.errors import E2EEError
@@ -14,15 +14,15 @@ from e2ee.prekeys import PreKeyBundle, validate_bundle
 from e2ee.relay_frames import Accepted, Mismatch, Send, decode_client_frame
 from e2ee.session import SessionRecord, start_session
 
-from ..errors import IdentityError, SendFailed, StoreCorrupt, UsageError
+from ..errors import IdentityError, RelayRefused, SendFailed, StoreCorrupt, UsageError
 from ..events import NoOneTimePreKey
 from ..store import Table, Transaction
 from ..transport import RelayConnection
-from . import records
+from . import records, sessions
 from .base import ClientBase
-from .records import OutboxRecord
+from .records import OutboxRecord, SentCopyRecord, SentMessageRecord
 
-__all__ = ["MAX_SEND_ATTEMPTS", "SendingMixin"]
+__all__ = ["MAX_SEND_ATTEMPTS", "SENT_RETENTION_MS", "SendingMixin", "SentCopy"]
 
 logger = logging.getLogger("client_sdk.client")
 
@@ -31,10 +31,37 @@ MAX_SEND_ATTEMPTS: Final = 3
 a third disagreement means the relay and the verified lists keep disagreeing (a race
 with device changes, or a relay lying about devices), which the app must see."""
 _MSG_ID_SIZE: Final = 16
+SENT_RETENTION_MS: Final = 24 * 60 * 60 * 1000
+"""How long a sent message is remembered (with the ratchet key and counter of each of
+its ciphertexts) so a retry request can be honoured (docs/sdk.md, "Recovery")."""
+_PURGE_INTERVAL_MS: Final = 10 * 60 * 1000
+"""The purge of sent messages older than ``SENT_RETENTION_MS`` runs in a send at most
+this often (and on every connection)."""
+_PURGE_BATCH: Final = 64
+
+
+class SentCopy(NamedTuple):
+    """One ciphertext :meth:`SendingMixin._encrypt` made: the device it is for and the
+    (ratchet key, counter) of its message header."""
+
+    user_id: str
+    device_id: int
+    ratchet_pk: bytes
+    counter: int
+
+
+def reset_key(lookup: bytes) -> bytes:
+    """META key of the :class:`~.records.ResetRecord` of the peer device ``lookup``."""
+    return records.RESET_PREFIX + lookup
 
 
 class SendingMixin(ClientBase):
     """``send`` and the outbox."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sent_purge_due_ms = 0
+        """Clock time from which a send purges expired sent-message records."""
 
     async def send(self, user_id: str, body: str | bytes) -> bytes:
         """Send ``body`` (text or bytes) to every device of ``user_id`` and, as
@@ -84,29 +111,50 @@ class SendingMixin(ClientBase):
         async with self._peer_locks_held(peers):
             bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
             async with self._store.transaction() as tx:
-                ciphertexts = await self._encrypt(tx, plan, bundles, payloads, now)
+                copies: list[SentCopy] = []
+                ciphertexts = await self._encrypt(tx, plan, bundles, payloads, now, sent=copies)
                 frame = Send(msg_id, tuple((u, tuple(ciphertexts[u].items())) for u in users))
                 key = await records.next_counter(tx, records.OUTBOX_NEXT)
                 record = OutboxRecord(msg_id, user_id, payload, own_payload, frame.to_bytes())
                 await tx.put(Table.OUTBOX, key, record.to_bytes())
+                sent = SentMessageRecord(msg_id, now, user_id, payload, own_payload)
+                await self._remember_sent(tx, sent, copies)
+                if now >= self._sent_purge_due_ms:
+                    await self._purge_sent(tx, now)
         await self._deliver(conn, key, record)
         return msg_id
 
     async def _bundles(
         self, conn: RelayConnection, devices: Sequence[PeerDevice]
     ) -> dict[tuple[str, int], PreKeyBundle]:
-        """Claim and validate a bundle for each device we have no session with."""
-        missing: list[PeerDevice] = []
+        """Claim and validate a bundle for each device we have no session with, or
+        whose session is to be replaced (a :class:`~.records.ResetRecord`: a
+        ``reset_session`` or an honoured retry request). A reset device whose bundle
+        the relay refuses keeps its current session for this message (the reset waits
+        for the next one) instead of failing the send.
+
+        Raises:
+            IdentityError: a bundle failed validation.
+            TransportError: a claim failed (for a device without a session).
+        """
+        missing: list[tuple[PeerDevice, bool]] = []
         async with self._store.transaction() as tx:
             for peer in devices:
-                data = await tx.get(
-                    Table.SESSIONS, self._store.lookup_key(peer.user_id, peer.device_id)
-                )
+                lookup = self._store.lookup_key(peer.user_id, peer.device_id)
+                data = await tx.get(Table.SESSIONS, lookup)
                 if data is None or SessionRecord.from_bytes(data).active is None:
-                    missing.append(peer)
+                    missing.append((peer, False))
+                elif await tx.get(Table.META, reset_key(lookup)) is not None:
+                    missing.append((peer, True))
         bundles: dict[tuple[str, int], PreKeyBundle] = {}
-        for peer in missing:
-            data = await conn.claim_bundle(peer.user_id, peer.device_id)
+        for peer, reset_only in missing:
+            try:
+                data = await conn.claim_bundle(peer.user_id, peer.device_id)
+            except RelayRefused as exc:
+                if not reset_only:
+                    raise
+                logger.warning("a reset waits: the bundle claim was refused (%s)", exc)
+                continue
             try:
                 bundle = PreKeyBundle.from_bytes(data)
                 validate_bundle(bundle, peer, self._clock())
@@ -123,11 +171,15 @@ class SendingMixin(ClientBase):
         bundles: dict[tuple[str, int], PreKeyBundle],
         payloads: dict[str, bytes],
         now: int,
+        *,
+        sent: list[SentCopy] | None = None,
     ) -> dict[str, dict[int, bytes]]:
         """Encrypt each user's payload for each planned device inside ``tx``, starting
         sessions from ``bundles`` where the store (re-read here, so a session created
-        meanwhile is used, never forked) holds none; the advanced sessions are written
-        to ``tx``.
+        meanwhile is used, never forked) holds none or a reset asks for a new one (the
+        old sessions stay, archived, for messages still on their way); the advanced
+        sessions are written to ``tx``. With ``sent``, the device, ratchet key and
+        counter of every ciphertext are appended to it.
 
         Raises:
             IdentityError: a session could not be started from the bundle.
@@ -139,10 +191,15 @@ class SendingMixin(ClientBase):
             out[user_id] = {}
             for peer in peers:
                 key = self._store.lookup_key(peer.user_id, peer.device_id)
-                data = await tx.get(Table.SESSIONS, key)
-                record = None if data is None else SessionRecord.from_bytes(data)
-                if record is None or record.active is None:
-                    bundle = bundles.get((peer.user_id, peer.device_id))
+                # Without the skipped keys (encrypting never reads them); saving writes
+                # the session row and deletes the rows of sessions a new one evicts.
+                loaded = await sessions.load(tx, key, skipped=False)
+                record = loaded.record
+                bundle = bundles.get((peer.user_id, peer.device_id))
+                reset = await tx.get(Table.META, reset_key(key)) is not None
+                if record is None or record.active is None or (reset and bundle is not None):
+                    # (A reset recorded after this send claimed its bundles waits for
+                    # the next send: the current session is used meanwhile.)
                     if bundle is None:
                         raise UsageError("no session and no bundle for a device")
                     try:
@@ -151,9 +208,107 @@ class SendingMixin(ClientBase):
                         raise IdentityError(peer.user_id, type(exc).__name__) from exc
                     if bundle.one_time_prekey is None:
                         await self._emit(tx, NoOneTimePreKey(peer.user_id, peer.device_id))
+                    if reset:
+                        await tx.delete(Table.META, reset_key(key))
+                        logger.info("a session was replaced after a reset")
                 out[user_id][peer.device_id] = record.encrypt(payloads[user_id], now, self._rng)
-                await tx.put(Table.SESSIONS, key, record.to_bytes())
+                if sent is not None:
+                    ratchet = record.sessions[0].ratchet
+                    sent.append(
+                        SentCopy(
+                            peer.user_id,
+                            peer.device_id,
+                            ratchet.our_ratchet.public_key,
+                            ratchet.send_n - 1,
+                        )
+                    )
+                await loaded.save(tx, record)
         return out
+
+    # --- what was sent, for retry requests (docs/sdk.md, "Recovery") ----------------------
+
+    def _copy_key(self, ratchet_pk: bytes, counter: int) -> bytes:
+        """META key of the :class:`~.records.SentCopyRecord` of a (ratchet key, counter)."""
+        return records.SENT_COPY_PREFIX + self._store.lookup_key(
+            records.SENT_COPY_PART, ratchet_pk, counter
+        )
+
+    async def _remember_sent(
+        self, tx: Transaction, sent: SentMessageRecord, copies: Sequence[SentCopy]
+    ) -> None:
+        """Record a message just encrypted (inside the transaction that put it in the
+        outbox) and, for each of its ciphertexts, which device the (ratchet key,
+        counter) of its header belongs to; kept ``SENT_RETENTION_MS``."""
+        keys: list[bytes] = []
+        for copy in copies:
+            key = self._copy_key(copy.ratchet_pk, copy.counter)
+            await tx.put(
+                Table.META,
+                key,
+                SentCopyRecord(sent.client_msg_id, copy.user_id, copy.device_id).to_bytes(),
+            )
+            keys.append(key)
+        sent = SentMessageRecord(
+            sent.client_msg_id,
+            sent.sent_at_ms,
+            sent.recipient,
+            sent.payload,
+            sent.own_payload,
+            (*sent.copies, *keys),
+            sent.resent_to,
+        )
+        await tx.put(Table.META, records.SENT_MESSAGE_PREFIX + sent.client_msg_id, sent.to_bytes())
+        await tx.put(Table.META, _time_key(sent.sent_at_ms, sent.client_msg_id), b"")
+
+    async def _remember_copies(
+        self, tx: Transaction, client_msg_id: bytes, copies: Sequence[SentCopy]
+    ) -> None:
+        """Add ``copies`` (new ciphertexts of a message sent before) to its sent record,
+        if it is still remembered."""
+        data = await tx.get(Table.META, records.SENT_MESSAGE_PREFIX + client_msg_id)
+        if data is None or not copies:
+            return
+        sent = SentMessageRecord.from_bytes(data)
+        for copy in copies:
+            key = self._copy_key(copy.ratchet_pk, copy.counter)
+            await tx.put(
+                Table.META,
+                key,
+                SentCopyRecord(client_msg_id, copy.user_id, copy.device_id).to_bytes(),
+            )
+            sent = SentMessageRecord(
+                sent.client_msg_id,
+                sent.sent_at_ms,
+                sent.recipient,
+                sent.payload,
+                sent.own_payload,
+                (*sent.copies, key),
+                sent.resent_to,
+            )
+        await tx.put(Table.META, records.SENT_MESSAGE_PREFIX + client_msg_id, sent.to_bytes())
+
+    async def _purge_sent(self, tx: Transaction, now: int) -> int:
+        """Delete the sent-message records (and their copies) older than
+        ``SENT_RETENTION_MS``, oldest first; how many."""
+        self._sent_purge_due_ms = now + _PURGE_INTERVAL_MS
+        purged = 0
+        while True:
+            rows = await tx.scan(Table.META, records.SENT_TIME_PREFIX, limit=_PURGE_BATCH)
+            for key, _ in rows:
+                start = len(records.SENT_TIME_PREFIX)
+                sent_at = int.from_bytes(key[start : start + 8], "big")
+                if now - sent_at <= SENT_RETENTION_MS:
+                    return purged
+                msg_key = records.SENT_MESSAGE_PREFIX + key[start + 8 :]
+                data = await tx.get(Table.META, msg_key)
+                if data is not None:
+                    for copy_key in SentMessageRecord.from_bytes(data).copies:
+                        await tx.delete(Table.META, copy_key)
+                    await tx.delete(Table.META, msg_key)
+                await tx.delete(Table.META, key)
+                purged += 1
+            if len(rows) < _PURGE_BATCH:
+                return purged
 
     async def _deliver(self, conn: RelayConnection, key: bytes, record: OutboxRecord) -> None:
         """Send an outbox entry until the relay accepts it, then delete it.
@@ -209,7 +364,9 @@ class SendingMixin(ClientBase):
         async with self._peer_locks_held(peers):
             bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
             async with self._store.transaction() as tx:
-                fresh = await self._encrypt(tx, plan, bundles, payloads, self._clock())
+                copies: list[SentCopy] = []
+                fresh = await self._encrypt(tx, plan, bundles, payloads, self._clock(), sent=copies)
+                await self._remember_copies(tx, record.client_msg_id, copies)
                 addressed = tuple(
                     (u, tuple(sorted({**kept[u], **fresh[u]}.items()))) for u, _ in frame.addressed
                 )
@@ -233,3 +390,8 @@ class SendingMixin(ClientBase):
                 await self._deliver(conn, key, OutboxRecord.from_bytes(value))
             except (SendFailed, IdentityError) as exc:
                 logger.warning("an outbox message could not be delivered: %s", exc)
+
+
+def _time_key(sent_at_ms: int, client_msg_id: bytes) -> bytes:
+    """META key of the age index entry of a sent message."""
+    return records.SENT_TIME_PREFIX + sent_at_ms.to_bytes(8, "big") + client_msg_id
