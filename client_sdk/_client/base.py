@@ -107,7 +107,9 @@ class ClientBase(ABC):
         self._events: AsyncIterator[RelayEvent] | None = None
         self._events_conn: RelayConnection | None = None
         self._policy = ReconnectPolicy()
-        self._inflight: set[bytes] = set()
+        self._inflight: dict[bytes, asyncio.Future[None]] = {}
+        """Outbox entries being delivered, by outbox key: a second delivery of one entry
+        waits for the first instead of sending it again."""
         self._stream: object | None = None
         """The newest ``messages()`` loop (older ones stop)."""
         self._receive_lock = asyncio.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
@@ -14,7 +15,18 @@ from e2ee.prekeys import PreKeyBundle, validate_bundle
 from e2ee.relay_frames import Accepted, Mismatch, Send, decode_client_frame
 from e2ee.session import SessionRecord, start_session
 
-from ..errors import IdentityError, RelayRefused, SendFailed, StoreCorrupt, UsageError
+from ..errors import (
+    ConnectionFailed,
+    DeviceRemoved,
+    Disconnected,
+    IdentityError,
+    RelayRefused,
+    RequestTimeout,
+    SendFailed,
+    StoreCorrupt,
+    TransportError,
+    UsageError,
+)
 from ..events import NoOneTimePreKey
 from ..store import Table, Transaction
 from ..transport import RelayConnection
@@ -22,7 +34,13 @@ from . import records, sessions
 from .base import ClientBase
 from .records import OutboxRecord, SentCopyRecord, SentMessageRecord
 
-__all__ = ["MAX_SEND_ATTEMPTS", "SENT_RETENTION_MS", "SendingMixin", "SentCopy"]
+__all__ = [
+    "MAX_SEND_ATTEMPTS",
+    "SEND_RECONNECTS",
+    "SENT_RETENTION_MS",
+    "SendingMixin",
+    "SentCopy",
+]
 
 logger = logging.getLogger("client_sdk.client")
 
@@ -31,6 +49,8 @@ MAX_SEND_ATTEMPTS: Final = 3
 a third disagreement means the relay and the verified lists keep disagreeing (a race
 with device changes, or a relay lying about devices), which the app must see."""
 _MSG_ID_SIZE: Final = 16
+SEND_RECONNECTS: Final = 2
+"""Reconnects ``send`` makes when the connection fails under a committed message."""
 SENT_RETENTION_MS: Final = 24 * 60 * 60 * 1000
 """How long a sent message is remembered (with the ratchet key and counter of each of
 its ciphertexts) so a retry request can be honoured (docs/sdk.md, "Recovery")."""
@@ -69,8 +89,10 @@ class SendingMixin(ClientBase):
         once the relay accepted it.
 
         The ciphertexts and the advanced sessions are committed to the outbox before
-        anything is sent. If this raises a :class:`TransportError`, the message stays in
-        the outbox and is resent (the same bytes) on the next connection.
+        anything is sent. A connection lost while sending is reconnected (with backoff,
+        at most ``SEND_RECONNECTS`` times) and the stored bytes are sent again under the
+        same id. If this still raises a :class:`TransportError`, the message stays in
+        the outbox and is resent on the next connection: do not send it again.
 
         Raises:
             UsageError: not registered, closed, a bad user id or body.
@@ -121,8 +143,35 @@ class SendingMixin(ClientBase):
                 await self._remember_sent(tx, sent, copies)
                 if now >= self._sent_purge_due_ms:
                     await self._purge_sent(tx, now)
-        await self._deliver(conn, key, record)
+        await self._deliver_reconnecting(conn, key, record)
         return msg_id
+
+    async def _deliver_reconnecting(
+        self, conn: RelayConnection, key: bytes, record: OutboxRecord
+    ) -> None:
+        """Deliver a committed outbox entry; when the connection fails under it (lost,
+        closed for overflow, a request timeout), reconnect with the client's backoff
+        and let the new connection's outbox flush deliver it, at most
+        ``SEND_RECONNECTS`` times, so a burst of sends or a relay restart does not
+        surface as an error the app might answer by sending again.
+
+        Raises:
+            TransportError: the relay stayed unreachable (the entry stays in the outbox
+                for the next connection), or a refusal reconnecting cannot fix.
+        """
+        for attempt in range(SEND_RECONNECTS + 1):
+            try:
+                await self._deliver(conn, key, record)
+                return
+            except (Disconnected, RequestTimeout, ConnectionFailed) as exc:
+                if attempt == SEND_RECONNECTS or isinstance(exc, DeviceRemoved):
+                    raise
+                logger.info("send interrupted (%s); reconnecting", type(exc).__name__)
+                await asyncio.sleep(self._policy.delay_after(exc))
+                conn = await self._connection()  # its outbox flush delivers the entry
+                async with self._store.transaction() as tx:
+                    if await tx.get(Table.OUTBOX, key) is None:
+                        return
 
     async def _bundles(
         self, conn: RelayConnection, devices: Sequence[PeerDevice]
@@ -316,23 +365,40 @@ class SendingMixin(ClientBase):
         Raises:
             SendFailed, IdentityError, TransportError: as :meth:`send`.
         """
-        if key in self._inflight:
+        running = self._inflight.get(key)
+        if running is not None:
+            # Another task (a send, an outbox flush) is delivering this entry: its
+            # outcome is ours, so ``send`` never returns before the relay accepted.
+            await asyncio.shield(running)
             return
-        self._inflight.add(key)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
         try:
-            for _ in range(MAX_SEND_ATTEMPTS):
-                frame = decode_client_frame(record.frame)
-                if not isinstance(frame, Send):
-                    raise StoreCorrupt("an outbox entry is not a Send frame", table="outbox")
-                result = await conn.send(frame.client_msg_id, frame.addressed)
-                if isinstance(result, Accepted):
-                    async with self._store.transaction() as tx:
-                        await tx.delete(Table.OUTBOX, key)
-                    return
-                record = await self._readdress(conn, key, record, frame, result)
-            raise SendFailed(record.client_msg_id)
+            await self._deliver_once(conn, key, record)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                done.set_exception(exc)
+            else:  # cancelled: the waiters try again themselves
+                done.set_exception(TransportError("the delivery was cancelled"))
+            done.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            done.set_result(None)
         finally:
-            self._inflight.discard(key)
+            del self._inflight[key]
+
+    async def _deliver_once(self, conn: RelayConnection, key: bytes, record: OutboxRecord) -> None:
+        for _ in range(MAX_SEND_ATTEMPTS):
+            frame = decode_client_frame(record.frame)
+            if not isinstance(frame, Send):
+                raise StoreCorrupt("an outbox entry is not a Send frame", table="outbox")
+            result = await conn.send(frame.client_msg_id, frame.addressed)
+            if isinstance(result, Accepted):
+                async with self._store.transaction() as tx:
+                    await tx.delete(Table.OUTBOX, key)
+                return
+            record = await self._readdress(conn, key, record, frame, result)
+        raise SendFailed(record.client_msg_id)
 
     async def _readdress(
         self,

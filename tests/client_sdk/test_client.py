@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from client_sdk._client.sending import SEND_RECONNECTS
 from client_sdk.client import Client, Message
-from client_sdk.errors import ConnectionFailed, UsageError
+from client_sdk.errors import ConnectionFailed, Disconnected, UsageError
 from client_sdk.events import ReplayDropped
 from client_sdk.store import Table
 from client_sdk.transport import Delivery, DeviceIdentity, RelayConnection
@@ -176,7 +177,10 @@ async def test_crash_between_outbox_commit_and_send(
     async with harness.open("alice") as alice:
         await alice.connect()  # resends the stored frame
         assert await alice.pending_outbox() == 0
-        assert sent == frames  # the same ciphertext bytes, not a re-encryption
+        # send tried 1 + SEND_RECONNECTS times, then the reopened client once: always
+        # the same ciphertext bytes, never a re-encryption
+        assert len(frames) == 1 + SEND_RECONNECTS
+        assert sent == frames[:1] and all(f == frames[0] for f in frames)
         await alice.send(bob_id, "next")
     async with harness.open("bob") as bob:
         # the relay holds exactly the two messages: the resend was stored once
@@ -319,3 +323,63 @@ async def test_redelivery_after_commit_without_ack_is_not_shown_twice(
         events = [item.event async for item in bob.events(wait=False)]
         assert events == [ReplayDropped(alice_id, alice.device_id)]
         assert [item async for item in bob.events(wait=False)] == []  # consumed
+
+
+@pytest.mark.asyncio
+async def test_a_second_delivery_of_one_outbox_entry_waits_for_the_first(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice_id, bob_id = _uid("alice"), _uid("bob")
+    async with harness.open("alice") as alice, harness.open("bob") as bob:
+        await alice.register(alice_id)
+        await bob.register(bob_id)
+        await alice.connect()
+        original = RelayConnection.send
+        reached, release = asyncio.Event(), asyncio.Event()
+        frames: list[bytes] = []
+
+        async def gated(self: RelayConnection, msg_id: bytes, addressed: Any) -> Any:
+            frames.append(msg_id)
+            reached.set()
+            await release.wait()
+            return await original(self, msg_id, addressed)
+
+        monkeypatch.setattr(RelayConnection, "send", gated)
+        sending = asyncio.create_task(alice.send(bob_id, "once"))
+        await asyncio.wait_for(reached.wait(), WAIT)
+        flushing = asyncio.create_task(alice.connect())  # flushes the same outbox entry
+        await asyncio.sleep(0)
+        for _ in range(20):  # the flush waits for the delivery in flight...
+            await asyncio.sleep(0.005)
+            assert not flushing.done() and not sending.done()
+        release.set()
+        msg_id = await asyncio.wait_for(sending, WAIT)
+        await asyncio.wait_for(flushing, WAIT)
+        assert frames == [msg_id]  # ...and never sends it a second time
+        assert await alice.pending_outbox() == 0
+        assert [m.body for m in await _take(bob, 1)] == ["once"]
+
+
+@pytest.mark.asyncio
+async def test_send_reconnects_when_the_connection_fails_under_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice_id, bob_id = _uid("alice"), _uid("bob")
+    async with harness.open("alice") as alice, harness.open("bob") as bob:
+        await alice.register(alice_id)
+        await bob.register(bob_id)
+        original = RelayConnection.send
+        failures: list[int] = []
+
+        async def lost_once(self: RelayConnection, msg_id: bytes, addressed: Any) -> Any:
+            if not failures:
+                failures.append(1)
+                await self.close()
+                raise Disconnected(1006, "lost under a send")
+            return await original(self, msg_id, addressed)
+
+        monkeypatch.setattr(RelayConnection, "send", lost_once)
+        msg_id = await asyncio.wait_for(alice.send(bob_id, "despite the drop"), WAIT)
+        assert failures == [1] and await alice.pending_outbox() == 0
+        (got,) = await _take(bob, 1)
+        assert (got.body, got.client_msg_id) == ("despite the drop", msg_id)
