@@ -27,6 +27,7 @@ __all__ = [
     "LinkTimeout",
     "MalformedFrame",
     "MalformedResponse",
+    "MessageQueued",
     "NoCommonVersion",
     "NoPreKeys",
     "OriginMismatch",
@@ -224,6 +225,24 @@ class NoCommonVersion(TransportError):
         super().__init__(f"the relay speaks versions {offered}; this SDK speaks {supported}")
         self.offered = offered
         self.supported = supported
+
+
+class MessageQueued(TransportError):
+    """``send`` committed the message (encrypted, in the outbox) but the relay could not
+    be reached to accept it, even after reconnecting: it is sent, the same bytes under
+    the same id, on the next connection. The app shows it as pending and must NOT send
+    it again. (Any other :class:`TransportError` from ``send`` means nothing was
+    committed: sending again is safe.)
+
+    Attributes:
+        client_msg_id: the queued message's id.
+    """
+
+    def __init__(self, client_msg_id: bytes) -> None:
+        super().__init__(
+            f"message {client_msg_id.hex()} is queued: the relay will get it on the next connection"
+        )
+        self.client_msg_id = client_msg_id
 
 
 class RequestTimeout(TransportError):

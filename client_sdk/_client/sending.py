@@ -16,15 +16,20 @@ from e2ee.relay_frames import Accepted, Mismatch, Send, decode_client_frame
 from e2ee.session import SessionRecord, start_session
 
 from ..errors import (
+    BadSignatureRefused,
     ConnectionFailed,
     DeviceRemoved,
     Disconnected,
+    IdempotencyConflict,
     IdentityError,
+    MessageQueued,
     RelayRefused,
     RequestTimeout,
     SendFailed,
     StoreCorrupt,
+    TooLarge,
     TransportError,
+    UnknownUser,
     UsageError,
 )
 from ..events import NoOneTimePreKey
@@ -91,14 +96,17 @@ class SendingMixin(ClientBase):
         The ciphertexts and the advanced sessions are committed to the outbox before
         anything is sent. A connection lost while sending is reconnected (with backoff,
         at most ``SEND_RECONNECTS`` times) and the stored bytes are sent again under the
-        same id. If this still raises a :class:`TransportError`, the message stays in
-        the outbox and is resent on the next connection: do not send it again.
+        same id. If the relay still cannot be reached, :class:`MessageQueued` says the
+        message is committed and goes on the next connection (do not send it again);
+        any other :class:`TransportError` means nothing was committed.
 
         Raises:
             UsageError: not registered, closed, a bad user id or body.
             IdentityError: a device list or bundle failed verification (nothing sent).
             SendFailed: the device sets kept disagreeing (kept in the outbox).
-            TransportError: the relay refused or could not be reached.
+            MessageQueued: committed, but not yet accepted (see above).
+            TransportError: the relay refused or could not be reached before anything
+                was committed.
         """
         _, account = self._ready()
         if not isinstance(body, str | bytes):
@@ -143,8 +151,23 @@ class SendingMixin(ClientBase):
                 await self._remember_sent(tx, sent, copies)
                 if now >= self._sent_purge_due_ms:
                     await self._purge_sent(tx, now)
-        await self._deliver_reconnecting(conn, key, record)
+        try:
+            await self._deliver_reconnecting(conn, key, record)
+        except RelayRefused as exc:
+            if _refused_for_good(exc):
+                await self._drop_outbox(key, exc)
+                raise
+            raise MessageQueued(msg_id) from exc  # e.g. rate limited: the next flush
+        except TransportError as exc:
+            raise MessageQueued(msg_id) from exc
         return msg_id
+
+    async def _drop_outbox(self, key: bytes, exc: RelayRefused) -> None:
+        """Delete an outbox entry the relay refuses for good (it would be refused on
+        every connection and hold up the entries behind it)."""
+        async with self._store.transaction() as tx:
+            await tx.delete(Table.OUTBOX, key)
+        logger.warning("an outbox message was refused by the relay and dropped: %s", exc.code)
 
     async def _deliver_reconnecting(
         self, conn: RelayConnection, key: bytes, record: OutboxRecord
@@ -456,6 +479,17 @@ class SendingMixin(ClientBase):
                 await self._deliver(conn, key, OutboxRecord.from_bytes(value))
             except (SendFailed, IdentityError) as exc:
                 logger.warning("an outbox message could not be delivered: %s", exc)
+            except RelayRefused as exc:
+                if not _refused_for_good(exc):
+                    logger.info("the outbox waits for the next connection (%s)", exc.code)
+                    return  # rate limited, a full queue: later, in order
+                await self._drop_outbox(key, exc)
+
+
+def _refused_for_good(exc: RelayRefused) -> bool:
+    """Whether a refusal of a ``Send`` will never change (as opposed to a rate limit, a
+    full queue or an unavailable database)."""
+    return isinstance(exc, TooLarge | UnknownUser | IdempotencyConflict | BadSignatureRefused)
 
 
 def _time_key(sent_at_ms: int, client_msg_id: bytes) -> bytes:

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from client_sdk._client.sending import SEND_RECONNECTS
 from client_sdk.client import Client, Message
-from client_sdk.errors import ConnectionFailed, Disconnected, UsageError
+from client_sdk.errors import ConnectionFailed, Disconnected, MessageQueued, UsageError
 from client_sdk.events import ReplayDropped
 from client_sdk.store import Table
 from client_sdk.transport import Delivery, DeviceIdentity, RelayConnection
@@ -163,8 +163,9 @@ async def test_crash_between_outbox_commit_and_send(
             raise ConnectionFailed("simulated crash after the outbox commit")
 
         monkeypatch.setattr(RelayConnection, "send", crash)
-        with pytest.raises(ConnectionFailed):
+        with pytest.raises(MessageQueued) as queued:
             await alice.send(bob_id, "survives the crash")
+        assert isinstance(queued.value.__cause__, ConnectionFailed)
         assert await alice.pending_outbox() == 1
         monkeypatch.setattr(RelayConnection, "send", original)
     sent: list[Any] = []
