@@ -153,6 +153,7 @@ class Client(
         rng: Rng = default_rng,
         link_code: str | bytes | None = None,
         link_timeout: float = LINK_TIMEOUT,
+        migrate_origin: bool = False,
     ) -> AsyncIterator[Client]:
         """``async with Client.open(relay_url, store=path, key=...) as client:``.
 
@@ -163,6 +164,9 @@ class Client(
         ``origin`` overrides the origin authentication statements name (default:
         ``relay_url``'s). Opening an existing store restores the identity, sessions,
         outbox and inbox; pending outbox messages are resent on the first connection.
+        A store remembers the origin it was created for and refuses another
+        (``OriginMismatch``) unless ``migrate_origin`` is set, which moves it to the new
+        origin (the relay operator moved the relay: the account must exist there).
 
         ``link_code`` (the primary's ``LinkOffer.code`` text or its ``qr_payload``)
         makes a new store a linked device of the primary's account before the client
@@ -175,7 +179,8 @@ class Client(
         store whose prekey upload was interrupted finishes it, code or not.
 
         Raises:
-            UsageError: a bad URL, both or neither of ``key``/``passphrase``, a link
+            UsageError: a bad URL, both or neither of ``key``/``passphrase``,
+                ``key``/``passphrase``/``migrate_origin`` with an open Store, a link
                 code for a store that holds another device, a bad ``link_timeout``.
             StoreLocked, WrongKey, WrongPassphrase, OriginMismatch, StoreCorrupt,
                 StoreError: the store cannot be opened (see ``docs/sdk-store.md``).
@@ -186,11 +191,17 @@ class Client(
         origin = origin or own_origin
         if isinstance(store, str | os.PathLike):
             opened: Store = await SqliteStore.open(
-                os.fspath(store), origin=origin, key=key, passphrase=passphrase
+                os.fspath(store),
+                origin=origin,
+                key=key,
+                passphrase=passphrase,
+                migrate_origin=migrate_origin,
             )
         else:
-            if key is not None or passphrase is not None:
-                raise UsageError("key and passphrase go with a store path, not a Store")
+            if key is not None or passphrase is not None or migrate_origin:
+                raise UsageError(
+                    "key, passphrase and migrate_origin go with a store path, not a Store"
+                )
             opened = store
         client = cls(
             opened,
