@@ -121,7 +121,9 @@ class Undecryptable:
 @dataclass(frozen=True, slots=True)
 class ReplayDropped:
     """A message already received (byte-identical envelope or same client message id)
-    was delivered again and dropped."""
+    was queued again by the relay (under a relay sequence number this device had not
+    processed yet) and dropped. A redelivery under a sequence number already processed
+    (the acknowledgement was lost with a connection or a crash) is dropped silently."""
 
     KIND: ClassVar[EventKind] = EventKind.REPLAY_DROPPED
     user_id: str

@@ -29,7 +29,13 @@ from e2ee.keys import SigningKeyPair
 from e2ee.limits import DEVICE_LIST_STALE_MS
 from e2ee.primitives import Rng, constant_time_equal
 
-from ..errors import IdentityChangeBlocked, IdentityError, StoreCorrupt, UsageError
+from ..errors import (
+    IdentityChangeBlocked,
+    IdentityError,
+    StoreCorrupt,
+    TransportError,
+    UsageError,
+)
 from ..events import (
     DeviceAdded,
     DeviceListEquivocation,
@@ -107,9 +113,10 @@ class ClientBase(ABC):
         self._events: AsyncIterator[RelayEvent] | None = None
         self._events_conn: RelayConnection | None = None
         self._policy = ReconnectPolicy()
-        self._inflight: dict[bytes, asyncio.Future[None]] = {}
-        """Outbox entries being delivered, by outbox key: a second delivery of one entry
-        waits for the first instead of sending it again."""
+        self._inflight: dict[bytes, tuple[RelayConnection, asyncio.Future[None]]] = {}
+        """Outbox entries being delivered, by outbox key, with the connection each is
+        sent on: a second delivery of one entry waits for the first instead of sending
+        it again."""
         self._stream: object | None = None
         """The newest ``messages()`` loop (older ones stop)."""
         self._receive_lock = asyncio.Lock()
@@ -191,7 +198,20 @@ class ClientBase(ABC):
         )
 
     async def _connection(self) -> RelayConnection:
-        """The open connection, connecting (and resending the outbox) if needed."""
+        """The open connection, connecting (and resending the outbox) if needed.
+
+        The steps run on a new connection (:meth:`_after_connect`) run in the task of
+        whichever call opened it, for the whole client: their transport failures are
+        logged, never raised into that call. An outbox entry they could not deliver
+        stays in the outbox for the next connection (or ``connect()``), and a
+        connection that ended under them fails the caller's own next request with its
+        close error, which the caller handles under its own contract (a ``send``
+        before its commit must not fail because another message's resend was cut off).
+
+        Raises:
+            UsageError: not registered, or closed.
+            TransportError: a new connection could not be opened.
+        """
         if not self.is_registered:
             raise UsageError("this device is not registered (call register first)")
         async with self._conn_lock:
@@ -203,14 +223,18 @@ class ClientBase(ABC):
             conn = await self._open_connection()
             self._conn = conn
             self._policy.connected()
-        await self._after_connect(conn)
+        try:
+            await self._after_connect(conn)
+        except TransportError as exc:
+            logger.info("the steps of a new connection were interrupted (%s)", type(exc).__name__)
         return conn
 
     @abstractmethod
     async def _after_connect(self, conn: RelayConnection) -> None:
         """Run once per new connection, after authentication (outbox, upkeep). Each
         capability that extends it calls ``await super()._after_connect(conn)``; this
-        end of the chain does nothing."""
+        end of the chain does nothing. A :class:`TransportError` it raises is logged by
+        :meth:`_connection`, not passed to the caller that opened the connection."""
         return None
 
     # --- per-peer locks and events --------------------------------------------------------

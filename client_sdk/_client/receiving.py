@@ -59,7 +59,11 @@ class Message:
         sender_user, sender_device: who sent it (verified: the sending device is in the
             sender's verified device list, and the session authenticates it).
         sender_ts_ms: the sender's own clock when sending (never the relay's).
-        relay_ts_ms: when the relay accepted it (the relay's clock, for ordering only).
+        relay_ts_ms: when the relay accepted it (the relay's clock, for display only:
+            concurrent acceptances may take their times out of order).
+        relay_seq: the relay's sequence number of the message in this device's queue:
+            the relay delivers in increasing order of it, which is acceptance order
+            (DESIGN 5); 0 for a message stored by an older SDK version.
         client_msg_id: the sender's 16 random bytes naming the message.
         body: ``str`` for text, ``bytes`` for a bytes message.
         sent_to: for a copy of a message one of our own other devices sent
@@ -76,6 +80,7 @@ class Message:
         "_key",
         "body",
         "client_msg_id",
+        "relay_seq",
         "relay_ts_ms",
         "sender_device",
         "sender_ts_ms",
@@ -99,6 +104,7 @@ class Message:
         self.sender_user = record.sender_user
         self.sender_device = record.sender_device
         self.relay_ts_ms = record.accepted_at_ms
+        self.relay_seq = record.relay_seq
         self.sender_ts_ms = payload.sender_ts_ms
         self.client_msg_id = payload.client_msg_id
         self.body = body
@@ -119,6 +125,12 @@ class Message:
             f"Message(from={self.sender_user}.{self.sender_device}, "
             f"id={self.client_msg_id.hex()}, sender_ts_ms={self.sender_ts_ms})"
         )
+
+
+async def _last_seq(tx: Transaction) -> int:
+    """The highest relay sequence number this device processed (0: none yet)."""
+    data = await tx.get(Table.META, records.LAST_SEQ)
+    return 0 if data is None else int.from_bytes(data, "big")
 
 
 class _MessageStream:
@@ -267,8 +279,8 @@ class ReceivingMixin(ClientBase):
 
     async def _receive(self, conn: RelayConnection, delivery: Delivery) -> None:
         """Decrypt, persist, acknowledge (DESIGN 6). What cannot be decrypted is
-        reported (:meth:`_undecryptable`) and a duplicate is dropped with a
-        ``ReplayDropped`` event, both in the transaction that would have stored the
+        reported (:meth:`_undecryptable`) and a duplicate is dropped
+        (:meth:`_duplicate`), both in the transaction that would have stored the
         message; then the relay is acknowledged."""
         device, _ = self._ready_keys()
         user, dev = delivery.sender_user, delivery.sender_device
@@ -290,8 +302,7 @@ class ReceivingMixin(ClientBase):
             try:
                 result = decrypt(device, prekeys, record, sender, delivery.ciphertext, now)
             except DuplicateMessage:
-                logger.info("duplicate delivery dropped (seq %d)", delivery.seq)
-                await self._emit(tx, ReplayDropped(user, dev))
+                await self._duplicate(tx, delivery)
                 result = None
             except E2EEError as exc:
                 logger.warning("undecryptable message: %s", type(exc).__name__)
@@ -305,7 +316,21 @@ class ReceivingMixin(ClientBase):
                 if result.no_one_time_prekey:
                     await self._emit(tx, NoOneTimePreKey(user, dev))
                 await self._store_payload(tx, delivery, lookup, result.plaintext)
+            if delivery.seq > await _last_seq(tx):
+                await tx.put(Table.META, records.LAST_SEQ, delivery.seq.to_bytes(8, "big"))
         await conn.ack([delivery.seq])
+
+    async def _duplicate(self, tx: Transaction, delivery: Delivery) -> None:
+        """A message already received arrived again (inside its transaction). Under a
+        relay sequence number this device already processed, it is the relay's
+        redelivery of a message whose acknowledgement was lost (a dropped connection, a
+        crash before the ack left): dropped silently. Under a new sequence number the
+        relay queued it again, which an honest relay never does: ``ReplayDropped``."""
+        if delivery.seq <= await _last_seq(tx):
+            logger.info("a redelivery of a processed message was dropped")
+            return
+        logger.warning("a replayed message was dropped")
+        await self._emit(tx, ReplayDropped(delivery.sender_user, delivery.sender_device))
 
     async def _on_prekeys_low(self, conn: RelayConnection, event: PreKeysLowEvent) -> None:
         """The relay says this device's one-time prekeys run low (upkeep refills)."""
@@ -335,13 +360,12 @@ class ReceivingMixin(ClientBase):
             return
         dedupe = lookup + payload.client_msg_id
         if await tx.get(Table.DEDUPE, dedupe) is not None:
-            logger.info("a message already received was dropped")
-            await self._emit(tx, ReplayDropped(user, dev))
+            await self._duplicate(tx, delivery)
             return
         await tx.put(Table.DEDUPE, dedupe, delivery.accepted_at_ms.to_bytes(8, "big"))
         if payload.type in (PayloadType.TEXT, PayloadType.BYTES, PayloadType.SYNC_SENT):
             key = await records.next_counter(tx, records.INBOX_NEXT)
-            inbox = InboxRecord(user, dev, plaintext, delivery.accepted_at_ms)
+            inbox = InboxRecord(user, dev, plaintext, delivery.accepted_at_ms, delivery.seq)
             await tx.put(Table.INBOX, key, inbox.to_bytes())
         else:
             await self._control_payload(tx, delivery, payload)

@@ -101,9 +101,15 @@ class Stage(IntEnum):
     """Prekeys uploaded: the device is usable."""
 
 
-def _decode(data: bytes, what: str, keys: frozenset[int], max_size: int) -> dict[int, cbor.Value]:
+def _decode(
+    data: bytes,
+    what: str,
+    keys: frozenset[int],
+    max_size: int,
+    optional: frozenset[int] = frozenset(),
+) -> dict[int, cbor.Value]:
     try:
-        m = cbor.expect_map(cbor.decode(data, max_size=max_size), what, keys)
+        m = cbor.expect_map(cbor.decode(data, max_size=max_size), what, keys, optional)
         if m[0] != _VERSION:
             raise StoreCorrupt(f"unknown {what} record version", table=None)
         return m
@@ -193,12 +199,14 @@ class OutboxRecord:
 @dataclass(frozen=True, slots=True)
 class InboxRecord:
     """A decrypted message waiting for the app: ``{0: v, 1: sender user, 2: sender
-    device, 3: the decrypted payload, 4: relay acceptance time}``."""
+    device, 3: the decrypted payload, 4: relay acceptance time, 5: relay sequence
+    number}`` (5 is absent in records written before it existed: 0)."""
 
     sender_user: str
     sender_device: int
     payload: bytes = field(repr=False)
     accepted_at_ms: int
+    relay_seq: int = 0
 
     def to_bytes(self) -> bytes:
         """Versioned CBOR."""
@@ -209,6 +217,7 @@ class InboxRecord:
                 2: self.sender_device,
                 3: self.payload,
                 4: self.accepted_at_ms,
+                5: self.relay_seq,
             }
         )
 
@@ -219,13 +228,14 @@ class InboxRecord:
         Raises:
             StoreCorrupt: it does not decode.
         """
-        m = _decode(data, "inbox", frozenset(range(5)), 2 * _MAX_PAYLOAD)
+        m = _decode(data, "inbox", frozenset(range(5)), 2 * _MAX_PAYLOAD, frozenset({5}))
         try:
             return cls(
                 check_user_id(m[1]),
                 cbor.field_int(m, 2, "device id", 0, DEVICE_ID_MAX),
                 cbor.field_bytes(m, 3, "payload", max_size=_MAX_PAYLOAD),
                 cbor.field_int(m, 4, "accepted at", 0, _U63),
+                cbor.field_int(m, 5, "relay sequence", 0, _U63) if 5 in m else 0,
             )
         except E2EEError as exc:
             raise StoreCorrupt(f"inbox record does not decode: {type(exc).__name__}") from exc
@@ -579,6 +589,9 @@ class RefreshRecord:
 
 # --- recovery (client_sdk._client.recovery, client_sdk._client.sending) -----------------
 
+LAST_SEQ: Final = b"last_seq"
+"""META: the highest relay sequence number this device processed (8 bytes, big-endian):
+a duplicate under a sequence number up to it is a redelivery, not a replay."""
 RECOVERY_NEXT: Final = b"recovery_next"
 """META: counter of queued recovery jobs (:class:`RetryJobRecord`, :class:`ResendJobRecord`)."""
 SENT_MESSAGE_PREFIX: Final = b"rv/m/"

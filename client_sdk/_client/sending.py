@@ -39,6 +39,15 @@ from . import records, sessions
 from .base import ClientBase
 from .records import OutboxRecord, SentCopyRecord, SentMessageRecord
 
+
+class _AlreadyCommitted(Exception):
+    """Rolls back a ``send`` whose app-chosen id a concurrent call committed first."""
+
+    def __init__(self, earlier: tuple[bytes, bytes | None, OutboxRecord | None]) -> None:
+        super().__init__("already committed")
+        self.earlier = earlier
+
+
 __all__ = [
     "MAX_SEND_ATTEMPTS",
     "SEND_RECONNECTS",
@@ -88,10 +97,20 @@ class SendingMixin(ClientBase):
         self._sent_purge_due_ms = 0
         """Clock time from which a send purges expired sent-message records."""
 
-    async def send(self, user_id: str, body: str | bytes) -> bytes:
+    async def send(
+        self, user_id: str, body: str | bytes, *, client_msg_id: bytes | None = None
+    ) -> bytes:
         """Send ``body`` (text or bytes) to every device of ``user_id`` and, as
         ``sync_sent``, to this user's own other devices; return its client message id
         once the relay accepted it.
+
+        ``client_msg_id`` (16 bytes the app chose and stored *before* calling, e.g.
+        ``os.urandom(16)``) makes the call idempotent for 24 hours: calling again with
+        the same id, the same recipient and the same body after a crash or an error
+        never makes a second message; it delivers the committed one if it still waits
+        in the outbox, or returns at once if the relay accepted it. This is how an app
+        that was killed during ``send`` finds out what became of the message. Without
+        it the SDK picks a random id.
 
         The ciphertexts and the advanced sessions are committed to the outbox before
         anything is sent. A connection lost while sending is reconnected (with backoff,
@@ -101,7 +120,9 @@ class SendingMixin(ClientBase):
         any other :class:`TransportError` means nothing was committed.
 
         Raises:
-            UsageError: not registered, closed, a bad user id or body.
+            UsageError: not registered, closed, a bad user id or body, a
+                ``client_msg_id`` that is not 16 bytes (or all zero, which is reserved),
+                or one already naming another message.
             IdentityError: a device list or bundle failed verification (nothing sent).
             SendFailed: the device sets kept disagreeing (kept in the outbox).
             MessageQueued: committed, but not yet accepted (see above).
@@ -116,7 +137,18 @@ class SendingMixin(ClientBase):
         except E2EEError as exc:
             raise UsageError(str(exc)) from exc
         now = self._clock()
-        msg_id = self._rng(_MSG_ID_SIZE)
+        if client_msg_id is None:
+            msg_id = self._rng(_MSG_ID_SIZE)
+        elif not isinstance(client_msg_id, bytes) or len(client_msg_id) != _MSG_ID_SIZE:
+            raise UsageError(f"client_msg_id is {_MSG_ID_SIZE} bytes")
+        elif client_msg_id == bytes(_MSG_ID_SIZE):
+            raise UsageError("client_msg_id must not be all zero (reserved)")
+        else:
+            msg_id = client_msg_id
+            async with self._store.transaction() as tx:
+                earlier = await self._committed(tx, msg_id, user_id, body)
+            if earlier is not None:
+                return await self._resume(earlier)
         kind = PayloadType.TEXT if isinstance(body, str) else PayloadType.BYTES
         try:
             payload = Payload(kind, msg_id, now, body).to_bytes()
@@ -138,20 +170,74 @@ class SendingMixin(ClientBase):
         peers = [self._store.lookup_key(d.user_id, d.device_id) for ds in plan.values() for d in ds]
         # Bundles are claimed under the peer locks (DESIGN 6: the lock covers session
         # creation): concurrent sends to a new device claim one bundle, not one each.
-        async with self._peer_locks_held(peers):
-            bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
-            async with self._store.transaction() as tx:
-                copies: list[SentCopy] = []
-                ciphertexts = await self._encrypt(tx, plan, bundles, payloads, now, sent=copies)
-                frame = Send(msg_id, tuple((u, tuple(ciphertexts[u].items())) for u in users))
-                key = await records.next_counter(tx, records.OUTBOX_NEXT)
-                record = OutboxRecord(msg_id, user_id, payload, own_payload, frame.to_bytes())
-                await tx.put(Table.OUTBOX, key, record.to_bytes())
-                sent = SentMessageRecord(msg_id, now, user_id, payload, own_payload)
-                await self._remember_sent(tx, sent, copies)
-                if now >= self._sent_purge_due_ms:
-                    await self._purge_sent(tx, now)
         try:
+            async with self._peer_locks_held(peers):
+                bundles = await self._bundles(conn, [d for ds in plan.values() for d in ds])
+                async with self._store.transaction() as tx:
+                    if client_msg_id is not None:
+                        earlier = await self._committed(tx, msg_id, user_id, body)
+                        if earlier is not None:  # a concurrent call with the same id won
+                            raise _AlreadyCommitted(earlier)
+                    copies: list[SentCopy] = []
+                    ciphertexts = await self._encrypt(tx, plan, bundles, payloads, now, sent=copies)
+                    frame = Send(msg_id, tuple((u, tuple(ciphertexts[u].items())) for u in users))
+                    key = await records.next_counter(tx, records.OUTBOX_NEXT)
+                    record = OutboxRecord(msg_id, user_id, payload, own_payload, frame.to_bytes())
+                    await tx.put(Table.OUTBOX, key, record.to_bytes())
+                    sent = SentMessageRecord(msg_id, now, user_id, payload, own_payload)
+                    await self._remember_sent(tx, sent, copies)
+                    if now >= self._sent_purge_due_ms:
+                        await self._purge_sent(tx, now)
+        except _AlreadyCommitted as done:  # rolled back: nothing of this call is kept
+            return await self._resume(done.earlier)
+        return await self._resume((msg_id, key, record))
+
+    async def _committed(
+        self, tx: Transaction, msg_id: bytes, user_id: str, body: str | bytes
+    ) -> tuple[bytes, bytes | None, OutboxRecord | None] | None:
+        """What an earlier ``send`` with the app's ``msg_id`` committed (inside ``tx``):
+        ``None`` if none (within the 24 hours sent messages are remembered), else
+        ``(msg_id, outbox key, outbox record)``, both ``None`` once the relay accepted.
+
+        Raises:
+            UsageError: the id names a message to another user or with another body.
+        """
+        data = await tx.get(Table.META, records.SENT_MESSAGE_PREFIX + msg_id)
+        if data is None:
+            return None
+        sent = SentMessageRecord.from_bytes(data)
+        try:
+            same = (
+                sent.recipient == user_id
+                and Payload.from_bytes(sent.payload, from_own_device=False).body == body
+            )
+        except E2EEError as exc:
+            raise StoreCorrupt("a sent message does not decode", table=Table.META) from exc
+        if not same:
+            raise UsageError("client_msg_id already names another message")
+        for key, value in await tx.scan(Table.OUTBOX):
+            record = OutboxRecord.from_bytes(value)
+            if record.client_msg_id == msg_id:
+                return msg_id, key, record
+        return msg_id, None, None
+
+    async def _resume(self, earlier: tuple[bytes, bytes | None, OutboxRecord | None]) -> bytes:
+        """Finish a committed ``send``: deliver its outbox entry if it still waits, or
+        just return its id (the relay accepted it already).
+
+        Raises:
+            MessageQueued: committed, not accepted yet (it goes on the next connection;
+                a refusal that may pass, such as a rate limit, also waits there).
+            RelayRefused: refused for good (the entry is dropped from the outbox).
+        """
+        msg_id, key, record = earlier
+        if key is None or record is None:
+            logger.info("a send with an id already accepted was answered from memory")
+            return msg_id
+        try:
+            # Inside: the message is committed, so a connection that cannot be opened
+            # now is MessageQueued too (never an error saying nothing was committed).
+            conn = await self._connection()
             await self._deliver_reconnecting(conn, key, record)
         except RelayRefused as exc:
             if _refused_for_good(exc):
@@ -385,17 +471,33 @@ class SendingMixin(ClientBase):
     async def _deliver(self, conn: RelayConnection, key: bytes, record: OutboxRecord) -> None:
         """Send an outbox entry until the relay accepts it, then delete it.
 
+        One task at a time delivers an entry. A call that finds it being delivered by
+        another task (a send, an outbox flush) waits for that delivery, so ``send``
+        never returns before the relay accepted. Its outcome is this call's, except a
+        transport failure (not a refusal) of a delivery on another connection than
+        ``conn``: that says nothing of ``conn``, so the entry, as the outbox holds it
+        then, is delivered on ``conn`` (a resend on a new connection never stops at
+        the end of the connection before it).
+
         Raises:
             SendFailed, IdentityError, TransportError: as :meth:`send`.
         """
-        running = self._inflight.get(key)
-        if running is not None:
-            # Another task (a send, an outbox flush) is delivering this entry: its
-            # outcome is ours, so ``send`` never returns before the relay accepted.
-            await asyncio.shield(running)
-            return
+        while (running := self._inflight.get(key)) is not None:
+            running_conn, running_done = running
+            try:
+                await asyncio.shield(running_done)
+                return
+            except TransportError as exc:
+                if running_conn is conn or isinstance(exc, RelayRefused):
+                    raise
+            async with self._store.transaction() as tx:
+                data = await tx.get(Table.OUTBOX, key)
+            if data is None:  # delivered or dropped meanwhile
+                return
+            record = OutboxRecord.from_bytes(data)
+            logger.info("an outbox entry cut off with its connection goes on the current one")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = done
+        self._inflight[key] = (conn, done)
         try:
             await self._deliver_once(conn, key, record)
         except BaseException as exc:

@@ -358,6 +358,11 @@ class RelayConnection:
             raise (self._error or ConnectionFailed("the connection was closed")) from None
         finally:
             self._waiters.pop(key, None)
+            if future.done() and not future.cancelled():
+                # The connection ended (or the bound expired) while the frame was still
+                # being written: the answer's failure was set but never awaited, and the
+                # error raised above already says what happened.
+                future.exception()
         if not isinstance(result, expected):  # pragma: no cover - the protocol checks types
             raise MalformedFrame(f"{operation}: unexpected {type(result).__name__}")
         return result

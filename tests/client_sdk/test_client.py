@@ -14,12 +14,19 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from client_sdk._client.records import InboxRecord
 from client_sdk._client.sending import SEND_RECONNECTS
 from client_sdk.client import Client, Message
-from client_sdk.errors import ConnectionFailed, Disconnected, MessageQueued, UsageError
-from client_sdk.events import ReplayDropped
+from client_sdk.errors import (
+    ConnectionFailed,
+    Disconnected,
+    MessageQueued,
+    StoreCorrupt,
+    UsageError,
+)
 from client_sdk.store import Table
 from client_sdk.transport import Delivery, DeviceIdentity, RelayConnection
+from e2ee import cbor
 from e2ee.device import OurDevice, OurPreKeys
 from e2ee.payload import Payload
 from e2ee.session import decrypt
@@ -103,6 +110,8 @@ async def test_conversation_both_ways_and_restore(harness: Harness, relay: Runni
         assert [m.client_msg_id for m in got] == ids
         assert {(m.sender_user, m.sender_device) for m in got} == {(alice_id, alice.device_id)}
         assert all(m.sent_to is None and m.sender_ts_ms > 0 for m in got)
+        seqs = [m.relay_seq for m in got]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3 and seqs[0] > 0
         # bob replies on the session alice started
         await bob.send(alice_id, "hi alice")
         (reply,) = await _take(alice, 1)
@@ -321,9 +330,8 @@ async def test_redelivery_after_commit_without_ack_is_not_shown_twice(
         (next_message,) = await _take(bob, 1)
         assert next_message.body == "twice?"  # the redelivered "once" was dropped
         await _until_acked(relay, bob_id, bob_device)
-        events = [item.event async for item in bob.events(wait=False)]
-        assert events == [ReplayDropped(alice_id, alice.device_id)]
-        assert [item async for item in bob.events(wait=False)] == []  # consumed
+        # a redelivery under a sequence number bob processed: no security event
+        assert [item async for item in bob.events(wait=False)] == []
 
 
 @pytest.mark.asyncio
@@ -384,3 +392,81 @@ async def test_send_reconnects_when_the_connection_fails_under_it(
         assert failures == [1] and await alice.pending_outbox() == 0
         (got,) = await _take(bob, 1)
         assert (got.body, got.client_msg_id) == ("despite the drop", msg_id)
+
+
+@pytest.mark.asyncio
+async def test_an_app_chosen_message_id_makes_send_idempotent(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``send(..., client_msg_id=...)``: the app stores the id before sending; calling
+    again with it (after a crash or an error) never makes a second message."""
+    alice_id, bob_id = _uid("alice"), _uid("bob")
+    async with harness.open("alice") as alice, harness.open("bob") as bob:
+        await alice.register(alice_id)
+        await bob.register(bob_id)
+        first = secrets.token_bytes(16)
+        assert await alice.send(bob_id, "once", client_msg_id=first) == first
+        # accepted already: answered from memory, nothing sent again
+        sends: list[bytes] = []
+        original = RelayConnection.send
+
+        async def counting(self: RelayConnection, msg_id: bytes, addressed: Any) -> Any:
+            sends.append(msg_id)
+            return await original(self, msg_id, addressed)
+
+        monkeypatch.setattr(RelayConnection, "send", counting)
+        assert await alice.send(bob_id, "once", client_msg_id=first) == first
+        assert sends == []
+        # the same id for another body or another user is the app's mistake
+        with pytest.raises(UsageError, match="another message"):
+            await alice.send(bob_id, "twice", client_msg_id=first)
+        with pytest.raises(UsageError, match="another message"):
+            await alice.send(alice_id, "once", client_msg_id=first)
+        for bad in (b"short", bytes(16), "x" * 16):
+            with pytest.raises(UsageError):
+                await alice.send(bob_id, "once", client_msg_id=bad)  # type: ignore[arg-type]
+        # committed, then the relay could not be reached: the retry with the same id
+        # delivers the committed message (the outbox entry), not a new one
+        second = secrets.token_bytes(16)
+        deliver = type(alice)._deliver_reconnecting
+
+        async def unreachable(self: Client, conn: Any, key: bytes, record: Any) -> None:
+            raise ConnectionFailed("the relay is down")
+
+        monkeypatch.setattr(type(alice), "_deliver_reconnecting", unreachable)
+        with pytest.raises(MessageQueued) as queued:
+            await alice.send(bob_id, "after a crash", client_msg_id=second)
+        assert queued.value.client_msg_id == second
+        assert await alice.pending_outbox() == 1
+        monkeypatch.setattr(type(alice), "_deliver_reconnecting", deliver)
+        assert await alice.send(bob_id, "after a crash", client_msg_id=second) == second
+        assert await alice.pending_outbox() == 0
+        assert sends == [second]
+        got = await _take(bob, 2)
+        assert [(m.body, m.client_msg_id) for m in got] == [
+            ("once", first),
+            ("after a crash", second),
+        ]
+        # two concurrent calls with one id: one commits, the other rolls back and
+        # answers with the committed message
+        third = secrets.token_bytes(16)
+        both = await asyncio.gather(
+            alice.send(bob_id, "at once", client_msg_id=third),
+            alice.send(bob_id, "at once", client_msg_id=third),
+        )
+        assert both == [third, third]
+        assert sends == [second, third]
+        # without an id the SDK picks a fresh random one each time
+        a, b = await alice.send(bob_id, "x"), await alice.send(bob_id, "x")
+        assert a != b and len(a) == 16
+        got = await _take(bob, 3)
+        assert [(m.body, m.client_msg_id) for m in got] == [("at once", third), ("x", a), ("x", b)]
+
+
+def test_an_inbox_record_of_an_older_version_has_no_relay_sequence() -> None:
+    record = InboxRecord("alice", 7, b"payload", 1_700_000_000_000, 42)
+    assert InboxRecord.from_bytes(record.to_bytes()) == record
+    older = cbor.encode({0: 1, 1: "alice", 2: 7, 3: b"payload", 4: 1_700_000_000_000})
+    assert InboxRecord.from_bytes(older).relay_seq == 0
+    with pytest.raises(StoreCorrupt):
+        InboxRecord.from_bytes(cbor.encode({0: 1, 1: "alice", 2: 7, 3: b"p", 4: 1, 5: -1}))
