@@ -120,6 +120,13 @@ RULES: tuple[Rule, ...] = (
         lambda path: _in("client_sdk")(path) and not _in("client_sdk/testing")(path),
     ),
     Rule(
+        "packages-not-tests",
+        "the installable packages never import the test suite or the benchmarks; the "
+        "harness apps use lives in client_sdk/testing/ (issue 5)",
+        frozenset({"tests", "bench"}),
+        _in(*PACKAGES),
+    ),
+    Rule(
         "relay-no-session-code",
         "the relay never touches ratchet or session code (CONVENTIONS 2)",
         frozenset({"e2ee.ratchet", "e2ee.x3dh", "e2ee.session"}),
@@ -352,6 +359,22 @@ def test_sdk_testing_harness_may_start_a_relay() -> None:
     assert rules_broken("from server.app import create_app\n", "client_sdk/testing/sim.py") == []
     # but only under client_sdk/testing/, not a look-alike name
     assert rules_broken("import server\n", "client_sdk/testing_utils.py") == [("sdk-not-server", 1)]
+
+
+@pytest.mark.parametrize(
+    "path", ["client_sdk/testing/relay.py", "client_sdk/client.py", "server/app.py", "e2ee/x.py"]
+)
+@pytest.mark.parametrize(
+    "source",
+    ["from tests.server.relay_client import ORIGIN", "import tests", "from bench import run"],
+)
+def test_packages_importing_tests_or_bench_are_caught(path: str, source: str) -> None:
+    assert rules_broken(source, path) == [("packages-not-tests", 1)]
+
+
+def test_sdk_testing_harness_may_import_the_sdk_and_the_core() -> None:
+    source = "from client_sdk import Client\nfrom e2ee.relay_frames import Send\n"
+    assert rules_broken(source, "client_sdk/testing/plugin.py") == []
 
 
 @pytest.mark.parametrize(

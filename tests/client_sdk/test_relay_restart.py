@@ -15,21 +15,12 @@ import pytest
 from client_sdk.client import Client, Message
 from client_sdk.errors import MessageQueued, TransportError
 from tests.server.relay_client import ORIGIN
-from tests.server.relay_process import RelayProcess, relay_processes
+from tests.server.relay_process import relay_processes
 
 WAIT = 60.0
 """Bound for anything the test waits for (a relay restart included)."""
 BEFORE, DURING, AFTER = 15, 10, 15
 """Messages each way before the kill, while the relay is down, after the restart."""
-
-
-async def _restart_on_same_port(relay: RelayProcess) -> None:
-    """SIGKILL the relay and start it again on its port (the clients' URL stays)."""
-    port = relay.port
-    await relay.kill()
-    async with asyncio.timeout(WAIT):
-        while not await relay._start_on(port):  # the port is briefly unavailable
-            await asyncio.sleep(0.1)
 
 
 async def _send_all(client: Client, to: str, bodies: list[str], unsent: list[str]) -> None:
@@ -86,7 +77,7 @@ async def test_relay_sigkill_mid_conversation_loses_and_duplicates_nothing(
                 await _send_all(bob, alice_id, to_alice[BEFORE : BEFORE + DURING], unsent["bob"])
                 assert len(unsent["alice"]) == len(unsent["bob"]) == DURING
                 async with asyncio.timeout(WAIT):
-                    while not await relay._start_on(port):
+                    while not await relay.start_on(port):
                         await asyncio.sleep(0.1)
                 for name, client, to, rest in (
                     ("alice", alice, bob_id, to_bob[BEFORE + DURING :]),
@@ -99,7 +90,7 @@ async def test_relay_sigkill_mid_conversation_loses_and_duplicates_nothing(
                     while len(got["bob"]) < len(to_bob) or len(got["alice"]) < len(to_alice):
                         await asyncio.sleep(0.02)
                 # a second kill and restart with nothing in flight: nothing comes again
-                await _restart_on_same_port(relay)
+                await relay.restart(same_port=True)
                 await alice.send(bob_id, "last")
                 async with asyncio.timeout(WAIT):
                     while len(got["bob"]) < len(to_bob) + 1:

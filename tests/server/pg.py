@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import secrets
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -32,6 +31,12 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from client_sdk.testing.relay import (
+    PG_CONNECT_SECONDS,
+    PostgresUnavailable,
+    create_postgres_database,
+    drop_postgres_database,
+)
 from server.storage.migrate import upgrade_database
 from server.storage.schema import metadata
 
@@ -52,7 +57,7 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 the tests' own databases (loopback only)."""
 T = TypeVar("T")
 
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = PG_CONNECT_SECONDS
 """How long to wait for the server before skipping."""
 
 
@@ -61,44 +66,24 @@ def pg_admin_url() -> str:
     return os.environ.get(PG_URL_ENV, DEFAULT_PG_URL)
 
 
-def _url_for(database: str) -> str:
-    """The SQLAlchemy URL of ``database`` on the test server."""
-    url = make_url(pg_admin_url()).set(drivername="postgresql+asyncpg", database=database)
-    return url.render_as_string(hide_password=False)
-
-
-async def _admin() -> asyncpg.Connection:
-    dsn = make_url(pg_admin_url()).set(drivername="postgresql")
-    try:
-        conn: asyncpg.Connection = await asyncpg.connect(
-            dsn.render_as_string(hide_password=False), timeout=CONNECT_TIMEOUT_S
-        )
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {dsn!r}: {exc}")
-    return conn
-
-
 async def create_database(prefix: str = "e2ee_test_") -> tuple[str, str]:
-    """Create an empty database with a random name; returns (name, SQLAlchemy URL).
+    """Create an empty database with a random name; returns (name, SQLAlchemy URL)
+    (:func:`client_sdk.testing.relay.create_postgres_database`).
 
     Skips the test when the server is unreachable.
     """
-    name = f"{prefix}{secrets.token_hex(6)}"
-    conn = await _admin()
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return name, _url_for(name)
+        return await create_postgres_database(pg_admin_url(), prefix=prefix)
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 async def drop_database(name: str) -> None:
     """Drop a database made by :func:`create_database` (closing its sessions)."""
-    conn = await _admin()
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+        await drop_postgres_database(name, pg_admin_url())
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import relay_process
+from client_sdk.testing import relay as relay_harness
 from tests.server.relay_process import RelayProcess, RelayProcessError, Starter
 from tests.server.system.databases import Database
 
@@ -23,8 +23,8 @@ async def test_port_collision_is_retried(
         taken.listen()
         busy = taken.getsockname()[1]
         ports = iter([busy])
-        real = relay_process.free_port
-        monkeypatch.setattr(relay_process, "free_port", lambda: next(ports, None) or real())
+        real = relay_harness.free_port
+        monkeypatch.setattr(relay_harness, "free_port", lambda: next(ports, None) or real())
         relay = await start_relay(sqlite_database.url)
     assert relay.port != busy and relay.starts == 2
     assert "address already in use" in relay.logs[0].read_text().lower()
