@@ -268,4 +268,4 @@ class RedisNotifier:
                 await self._reader
             self._reader = None
         self._board.listeners.clear()
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # redis-py < 8 leaves it unannotated

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from client_sdk.demo import READY_TIMEOUT, RelayProcess, running_relay
+from tests.doc_blocks import marked_block
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
 MARKER = "<!-- sdk:example -->"
@@ -36,23 +37,8 @@ _SAFETY = re.compile(r"^(?:\d{5} ){11}\d{5}$")
 
 
 def example_source(text: str) -> str:
-    """The body of the fenced ``python`` block right after the marker line.
-
-    Raises:
-        ValueError: no marker, several, no ``python`` fence right after it, or an
-            unclosed block.
-    """
-    lines = text.splitlines()
-    marks = [i for i, line in enumerate(lines) if line.strip() == MARKER]
-    if len(marks) != 1:
-        raise ValueError(f"{len(marks)} lines {MARKER}; expected one")
-    start = marks[0] + 1
-    if start >= len(lines) or lines[start].strip() != "```python":
-        raise ValueError(f"the line after {MARKER} must open a ```python block")
-    for end in range(start + 1, len(lines)):
-        if lines[end].strip() == "```":
-            return "\n".join(lines[start + 1 : end]) + "\n"
-    raise ValueError("the example block is never closed")
+    """The body of the fenced ``python`` block right after the marker line."""
+    return marked_block(text, MARKER)
 
 
 def test_extraction_finds_the_block_and_refuses_bad_documents() -> None:
