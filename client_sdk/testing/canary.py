@@ -39,6 +39,7 @@ __all__ = [
     "CanaryScanner",
     "Hit",
     "RedisCapture",
+    "ScannerBlind",
     "encodings",
     "make_canaries",
     "prove_detects",
@@ -127,27 +128,35 @@ class CanaryScanner:
         return [hit for name, data in sources for hit in self.scan(data, name)]
 
 
+class ScannerBlind(AssertionError):
+    """The scanner failed its self-test: a scan with it would prove nothing."""
+
+
 def prove_detects(scanner: CanaryScanner, canary: bytes) -> None:
     """The scanner finds ``canary`` (one of its canaries) planted in random bytes in
     every form, at every alignment inside a base64-encoded string, and finds nothing
     in the same bytes without it.
 
     Raises:
-        AssertionError: a form was missed (the scan would pass vacuously) or a false hit.
+        ScannerBlind: a form was missed (the scan would pass vacuously) or a false hit
+            (an ``AssertionError``, so a test reports it as a failed check).
     """
     noise = secrets.token_bytes(4096)
-    assert scanner.scan(noise, "noise") == [], "false hit in random bytes"
+    if scanner.scan(noise, "noise"):
+        raise ScannerBlind("false hit in random bytes")
     forms = encodings(canary)
     for form, needle in forms.items():
         data = noise[:1000] + needle + noise[1000:]
         found = scanner.scan(data, "plant")
         # Forms that coincide (no '+' or '/' in the base64) are reported under one name.
-        assert any(h.canary == canary and forms[h.form] == needle for h in found), form
+        if not any(h.canary == canary and forms[h.form] == needle for h in found):
+            raise ScannerBlind(f"the planted canary was not found as {form}")
     for offset in range(3):
         plain = noise[:offset] + canary + noise[:64]
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             found = scanner.scan(encode(plain), "plant")
-            assert any(h.canary == canary for h in found), (offset, encode)
+            if not any(h.canary == canary for h in found):
+                raise ScannerBlind(f"the planted canary was not found at base64 offset {offset}")
     del scanner.scanned["noise"], scanner.scanned["plant"]
 
 

@@ -161,7 +161,8 @@ class _Simulation:
     # --- client processes ---------------------------------------------------------------
 
     def _worker_command(self, worker: _WorkerProcess, *, setup: bool) -> list[str]:
-        assert self.proxy is not None and self.relay is not None
+        if self.proxy is None or self.relay is None:
+            raise SimError("the relay and the proxy start before the clients")
         cmd = [
             sys.executable,
             "-m",
@@ -206,7 +207,8 @@ class _Simulation:
             ) from None
 
     async def _read_reports(self, worker: _WorkerProcess, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+        if proc.stdout is None:  # pragma: no cover - started with stdout=PIPE
+            raise SimError("a client process has no output pipe")
         while line := await proc.stdout.readline():
             try:
                 report = json.loads(line)
@@ -325,7 +327,8 @@ class _Simulation:
                 self.retry_at[sid] = now + RETRY_DELAY
 
     async def _fault(self, action: Action) -> None:
-        assert self.relay is not None and self.proxy is not None
+        if self.relay is None or self.proxy is None:
+            raise SimError("faults need the relay and the proxy running")
         if action.kind == "relay_kill":
             began = time.monotonic()
             await self.relay.kill()
@@ -400,7 +403,8 @@ class _Simulation:
             yield url
 
     async def _scan(self, database_url: str, capture: RedisCapture | None) -> None:
-        assert self.relay is not None
+        if self.relay is None:
+            raise SimError("the scan needs the relay's files")
         canaries = [canary(sid, key) for sid, key in self.schedule.canary_keys.items()]
         planted = CANARY_PREFIX + f"planted-{secrets.token_hex(24)}".encode()
         scanner = CanaryScanner([*canaries, planted])
