@@ -43,9 +43,18 @@ __all__ = [
     "MLKEM768_PUBLIC_KEY_SIZE",
     "MLKEM768_SEED_SIZE",
     "MLKEM768_SHARED_SECRET_SIZE",
+    "SECRETSTREAM_ABYTES",
+    "SECRETSTREAM_HEADER_SIZE",
+    "SECRETSTREAM_KEY_SIZE",
+    "SECRETSTREAM_TAG_FINAL",
+    "SECRETSTREAM_TAG_MESSAGE",
+    "SECRETSTREAM_TAG_PUSH",
+    "SECRETSTREAM_TAG_REKEY",
     "X25519_KEY_SIZE",
     "MLKEM768PrivateKey",
     "Rng",
+    "SecretStreamPullState",
+    "SecretStreamPushState",
     "aead_decrypt",
     "aead_encrypt",
     "argon2id",
@@ -63,6 +72,11 @@ __all__ = [
     "mlkem768_encapsulate",
     "mlkem768_public_from_seed",
     "mlkem768_validate_public",
+    "secretstream_init_pull",
+    "secretstream_init_push",
+    "secretstream_keygen",
+    "secretstream_pull",
+    "secretstream_push",
     "sha256",
     "sha512",
     "spki_sha256",
@@ -90,6 +104,21 @@ MLKEM768_SHARED_SECRET_SIZE: Final = 32
 ARGON2ID_SALT_SIZE: Final = 16
 ARGON2ID_OPSLIMIT_MIN: Final = 1
 ARGON2ID_MEMLIMIT_MIN: Final = 8 * 1024
+SECRETSTREAM_KEY_SIZE: Final = 32
+"""``crypto_secretstream_xchacha20poly1305_KEYBYTES``."""
+SECRETSTREAM_HEADER_SIZE: Final = 24
+"""``crypto_secretstream_xchacha20poly1305_HEADERBYTES``: the stream's header (its nonce)."""
+SECRETSTREAM_ABYTES: Final = 17
+"""``crypto_secretstream_xchacha20poly1305_ABYTES``: each message grows by a 1-byte
+encrypted tag and a 16-byte MAC."""
+SECRETSTREAM_TAG_MESSAGE: Final = 0
+"""The most common tag: nothing special about this message."""
+SECRETSTREAM_TAG_PUSH: Final = 1
+"""Marks the end of a set of messages, not of the stream."""
+SECRETSTREAM_TAG_REKEY: Final = 2
+"""Derive a new key after this message (forgets the old one)."""
+SECRETSTREAM_TAG_FINAL: Final = 3
+"""The last message of the stream (it also rekeys)."""
 
 _P25519: Final = 2**255 - 19
 # The canonical u-coordinates of the points of small order on Curve25519 (orders 1, 2,
@@ -471,6 +500,143 @@ def argon2id(
         length, password, salt, opslimit, memlimit, _sodium.crypto_pwhash_ALG_ARGON2ID13
     )
     return derived
+
+
+# --- secretstream: XChaCha20-Poly1305 streams (libsodium) ---------------------------
+
+_SECRETSTREAM_TAGS: Final = frozenset(
+    {
+        SECRETSTREAM_TAG_MESSAGE,
+        SECRETSTREAM_TAG_PUSH,
+        SECRETSTREAM_TAG_REKEY,
+        SECRETSTREAM_TAG_FINAL,
+    }
+)
+_SECRETSTREAM_MESSAGE_MAX: Final = _sodium.crypto_secretstream_xchacha20poly1305_MESSAGEBYTES_MAX
+
+
+class SecretStreamPushState:
+    """The sending state of one ``crypto_secretstream_xchacha20poly1305`` stream (opaque:
+    it holds the stream's current key, so its ``repr`` shows nothing of it). Made by
+    :func:`secretstream_init_push`, advanced by :func:`secretstream_push`."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        self._state = _sodium.crypto_secretstream_xchacha20poly1305_state()
+
+    def __repr__(self) -> str:
+        return "SecretStreamPushState(<secret>)"
+
+
+class SecretStreamPullState:
+    """The receiving state of one ``crypto_secretstream_xchacha20poly1305`` stream
+    (opaque, as :class:`SecretStreamPushState`). Made by :func:`secretstream_init_pull`,
+    advanced by :func:`secretstream_pull`."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        self._state = _sodium.crypto_secretstream_xchacha20poly1305_state()
+
+    def __repr__(self) -> str:
+        return "SecretStreamPullState(<secret>)"
+
+
+def secretstream_keygen(rng: Rng = default_rng) -> bytes:
+    """A fresh 32-byte secretstream key from ``rng`` (libsodium's
+    ``crypto_secretstream_xchacha20poly1305_keygen`` is exactly 32 random bytes; taking
+    them from ``rng`` lets tests pin them)."""
+    key = rng(SECRETSTREAM_KEY_SIZE)
+    _require_len("secretstream key", key, SECRETSTREAM_KEY_SIZE)
+    return key
+
+
+def secretstream_init_push(key: bytes) -> tuple[SecretStreamPushState, bytes]:
+    """Start a stream under ``key``: ``(state, header)``.
+
+    The 24-byte header comes from libsodium's own generator (the binding offers no way
+    to pass it in); the receiver needs it to start pulling.
+
+    Raises:
+        InvalidArgument: the key is not 32 bytes.
+    """
+    _require_len("secretstream key", key, SECRETSTREAM_KEY_SIZE)
+    state = SecretStreamPushState()
+    header: bytes = _sodium.crypto_secretstream_xchacha20poly1305_init_push(
+        state._state, bytes(key)
+    )
+    return state, header
+
+
+def secretstream_push(
+    state: SecretStreamPushState,
+    message: bytes,
+    *,
+    tag: int = SECRETSTREAM_TAG_MESSAGE,
+    associated_data: bytes = b"",
+) -> bytes:
+    """Encrypt the next message of a stream with ``tag``; returns ``len(message) + 17``
+    bytes.
+
+    Raises:
+        InvalidArgument: ``state`` is not a push state, or ``tag`` is not one of the four
+            ``SECRETSTREAM_TAG_*`` values.
+    """
+    if not isinstance(state, SecretStreamPushState):
+        raise InvalidArgument("secretstream_push needs a state from secretstream_init_push")
+    if tag not in _SECRETSTREAM_TAGS:
+        raise InvalidArgument(f"unknown secretstream tag {tag!r}")
+    if len(message) > _SECRETSTREAM_MESSAGE_MAX:  # pragma: no cover - 256 GiB
+        raise InvalidArgument("message too long for secretstream")
+    ciphertext: bytes = _sodium.crypto_secretstream_xchacha20poly1305_push(
+        state._state, bytes(message), bytes(associated_data) or None, tag
+    )
+    return ciphertext
+
+
+def secretstream_init_pull(key: bytes, header: bytes) -> SecretStreamPullState:
+    """Start reading the stream of ``header`` under ``key``.
+
+    Raises:
+        InvalidArgument: the key is not 32 bytes or the header not 24.
+    """
+    _require_len("secretstream key", key, SECRETSTREAM_KEY_SIZE)
+    _require_len("secretstream header", header, SECRETSTREAM_HEADER_SIZE)
+    state = SecretStreamPullState()
+    _sodium.crypto_secretstream_xchacha20poly1305_init_pull(state._state, bytes(header), bytes(key))
+    return state
+
+
+def secretstream_pull(
+    state: SecretStreamPullState, ciphertext: bytes, *, associated_data: bytes = b""
+) -> tuple[bytes, int]:
+    """Decrypt the next message of a stream: ``(message, tag)``.
+
+    A message that fails (the wrong key or header, modified, truncated, reordered,
+    replayed or from another stream) leaves ``state`` unchanged; a caller that reads a
+    stream as a whole treats the stream as broken from then on.
+
+    Raises:
+        InvalidArgument: ``state`` is not a pull state.
+        DecryptionError: the message does not authenticate, or is shorter than 17
+            bytes or longer than secretstream allows.
+    """
+    if not isinstance(state, SecretStreamPullState):
+        raise InvalidArgument("secretstream_pull needs a state from secretstream_init_pull")
+    if (
+        not SECRETSTREAM_ABYTES
+        <= len(ciphertext)
+        <= _SECRETSTREAM_MESSAGE_MAX + SECRETSTREAM_ABYTES
+    ):
+        raise DecryptionError("secretstream message of an impossible length")
+    try:
+        message, tag = _sodium.crypto_secretstream_xchacha20poly1305_pull(
+            state._state, bytes(ciphertext), bytes(associated_data) or None
+        )
+    except _nacl_exc.RuntimeError:
+        raise DecryptionError("secretstream message does not authenticate") from None
+    return message, tag
 
 
 # --- certificates ----------------------------------------------------------------------
