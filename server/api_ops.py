@@ -46,6 +46,7 @@ def client_config(ctx: RelayContext) -> dict[str, Any]:
         "max_prekeys_per_upload": MAX_PREKEYS_PER_UPLOAD,
         "message_ttl_ms": s.message_ttl_seconds * 1000,
         "max_share_link_ttl_ms": s.max_share_link_ttl_seconds * 1000,
+        "max_share_size": s.max_share_size_bytes,
         "queue_quota": s.queue_quota,
         "blob_quota_bytes": s.blob_quota_bytes,
         "blob_chunk_size": limits.BLOB_CHUNK_SIZE,

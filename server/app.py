@@ -16,7 +16,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -29,7 +29,7 @@ from e2ee.errors import E2EEError
 from e2ee.primitives import spki_sha256
 from e2ee.relay_frames import CloseCode
 
-from . import api_accounts, api_blobs, api_links, api_ops, limits, ws
+from . import api_accounts, api_blobs, api_links, api_ops, api_share, limits, ws
 from .context import RelayContext, system_now_ms
 from .errors import ConfigError, RelayError
 from .http import error_response
@@ -64,6 +64,7 @@ ROUTE_FACTORIES: Final[Sequence[RoutesFactory]] = (
     # --- endpoint modules of other parts go here ---
     api_blobs.routes,
     api_links.routes,
+    api_share.routes,
 )
 """Every endpoint module of the relay, in routing order."""
 
@@ -106,11 +107,25 @@ def auth_spki_for(settings: RelaySettings) -> tuple[bytes | None, ...]:
         raise ConfigError(f"cannot read the certificate {settings.tls_cert}: {exc}") from None
 
 
+class _Purgeable(Protocol):
+    """A store the expiry purge visits."""
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int: ...
+
+
 async def _purge_once(ctx: RelayContext) -> int:
-    """One round of the expiry purge over every store, in bounded batches."""
+    """One round of the expiry purge over every store, in bounded batches (share links
+    before blobs: a share's purge takes its blob along)."""
     storage = ctx.storage
     total = 0
-    for store in (storage.messages, storage.nonces, storage.links, storage.blobs):
+    stores: tuple[_Purgeable, ...] = (
+        storage.messages,
+        storage.nonces,
+        storage.links,
+        storage.shares,
+        storage.blobs,
+    )
+    for store in stores:
         for _ in range(100):  # at most 100 batches per store per round
             removed = await store.purge_expired(ctx.now_ms(), limits.PURGE_BATCH)
             total += removed

@@ -7,8 +7,10 @@ signature checks in ``e2ee`` (:class:`e2ee.errors.DecodeError`,
 :class:`e2ee.errors.BadSignature`), is looked up in :data:`REFUSALS` by its class
 (the nearest entry along the MRO): the :class:`~e2ee.relay_frames.ErrorCode` of the
 ``Error`` frame, the WebSocket close code when the refusal ends the connection, the
-HTTP status, and the reason label counted in ``/metrics``. Messages never carry
-secrets or payload bytes.
+HTTP status, and the reason label (the ``error`` of an HTTP error body, counted in
+``/metrics``): the error code's name, or a label of its own where an HTTP API pins
+finer names (share links: ``bad_request``, ``ttl_too_long``, ``expired``, ``exists``,
+``wrong_proof``, ``not_found``). Messages never carry secrets or payload bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .storage.base import (
     PreKeyIdReused,
     QueueFull,
     SchemaTooNew,
+    ShareExists,
     StorageError,
     StorageUnavailable,
     UnknownAccount,
@@ -52,7 +55,12 @@ __all__ = [
     "Refusal",
     "RelayError",
     "RelayNotStarted",
+    "ShareBadRequest",
+    "ShareExpired",
+    "ShareNotFound",
+    "ShareTTLTooLong",
     "TooLarge",
+    "WrongProof",
     "refusal_for",
 ]
 
@@ -111,6 +119,27 @@ class NotFound(RelayError):
     """No such resource (a blob, a link mailbox slot, a user for HTTP lookups)."""
 
 
+class ShareBadRequest(InvalidRequest):
+    """A share-link request with a malformed id, header or body."""
+
+
+class ShareTTLTooLong(InvalidRequest):
+    """A share link expiring later than ``max_share_link_ttl_seconds`` from now."""
+
+
+class ShareExpired(InvalidRequest):
+    """A share link uploaded with an expiry that has passed."""
+
+
+class WrongProof(RelayError):
+    """A share-link download proof that does not match (counted; the 5th deletes the
+    share)."""
+
+
+class ShareNotFound(NotFound):
+    """No such share link: unknown, expired, deleted or used up (one answer for all)."""
+
+
 class DeviceListRejected(RelayError):
     """A device list whose version does not increase by one, or does not chain."""
 
@@ -128,11 +157,14 @@ class Refusal:
     close: CloseCode | None = None
     """Close the WebSocket with this code (``None``: answer with an Error frame and
     keep the connection)."""
+    label: str | None = None
+    """The reason label when it is not the code's name (HTTP-only refusals)."""
 
     @property
     def reason(self) -> str:
-        """The label counted in ``relay_refusals_total{reason=...}``."""
-        return self.code.name.lower()
+        """The ``error`` of an HTTP error body and the label counted in
+        ``relay_refusals_total{reason=...}``."""
+        return self.label if self.label is not None else self.code.name.lower()
 
 
 REFUSALS: Final[dict[type[BaseException], Refusal]] = {
@@ -147,6 +179,11 @@ REFUSALS: Final[dict[type[BaseException], Refusal]] = {
     NotFound: Refusal(ErrorCode.INVALID, 404),
     DeviceListRejected: Refusal(ErrorCode.DEVICE_LIST_ROLLBACK, 409),
     NoPreKeys: Refusal(ErrorCode.NO_PREKEYS, 404),
+    ShareBadRequest: Refusal(ErrorCode.MALFORMED, 400, label="bad_request"),
+    ShareTTLTooLong: Refusal(ErrorCode.INVALID, 400, label="ttl_too_long"),
+    ShareExpired: Refusal(ErrorCode.INVALID, 400, label="expired"),
+    WrongProof: Refusal(ErrorCode.INVALID, 403, label="wrong_proof"),
+    ShareNotFound: Refusal(ErrorCode.INVALID, 404, label="not_found"),
     RelayNotStarted: Refusal(ErrorCode.UNAVAILABLE, 503, CloseCode.TRY_AGAIN_LATER),
     ConfigError: Refusal(ErrorCode.UNAVAILABLE, 500),
     # wire parsing and signatures (e2ee)
@@ -170,6 +207,7 @@ REFUSALS: Final[dict[type[BaseException], Refusal]] = {
     UnknownBlob: Refusal(ErrorCode.INVALID, 404),
     BlobQuotaExceeded: Refusal(ErrorCode.TOO_LARGE, 413),
     LinkMailboxFull: Refusal(ErrorCode.INVALID, 409),
+    ShareExists: Refusal(ErrorCode.INVALID, 409, label="exists"),
     StorageError: Refusal(ErrorCode.UNAVAILABLE, 503),
 }
 """The one table: refusal class -> how it shows (the nearest class along the MRO wins)."""

@@ -29,6 +29,8 @@ __all__ = [
     "MAX_MALFORMED_FRAMES",
     "MAX_REGISTER_BODY",
     "MAX_SHARE_LINK_TTL_SECONDS",
+    "MAX_SHARE_SIZE_BYTES",
+    "MAX_SHARE_SIZE_CEILING",
     "MESSAGE_TTL_SECONDS",
     "NONCE_SIZE",
     "NONCE_TTL_MS",
@@ -47,6 +49,8 @@ __all__ = [
     "RATE_LIMITER_KEYS",
     "RATE_REGISTRATION",
     "RATE_SEND",
+    "SHARE_MAX_VIEWS",
+    "SHARE_MAX_WRONG_PROOFS",
     "SHUTDOWN_CLOSE_SECONDS",
 ]
 
@@ -114,6 +118,18 @@ BLOB_CHUNK_SIZE: Final = 1024 * 1024
 """Blobs are stored as rows of at most 1 MiB (issue 3)."""
 MAX_SHARE_LINK_TTL_SECONDS: Final = 5 * 60
 """Share-link blobs live at most 5 minutes by default (advertised in /v1/config)."""
+MAX_SHARE_SIZE_BYTES: Final = 64 * 1024
+"""A share-link ciphertext is at most 64 KiB by default: profile data or a contact
+card, small enough to hold whole while it is checked (advertised in /v1/config)."""
+MAX_SHARE_SIZE_CEILING: Final = BLOB_CHUNK_SIZE
+"""The most an operator may allow per share (1 MiB): one blob chunk, so an upload is
+held whole before it is stored (nothing is stored for a refused one) and an open
+reads the ciphertext in the same transaction that counts the view."""
+SHARE_MAX_VIEWS: Final = 1_000
+"""The largest view limit an upload may ask for (``X-E2EE-Max-Views``)."""
+SHARE_MAX_WRONG_PROOFS: Final = 5
+"""The 5th wrong download proof deletes a share (DESIGN 4.7: an auth code is guarded
+online by 5 tries)."""
 LINK_SLOTS: Final = 2
 """A link mailbox holds at most 2 sealed blobs (one each way)."""
 LINK_MAX_BLOB: Final = 64 * 1024

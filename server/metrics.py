@@ -10,7 +10,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "RelayMetrics"]
 
 
 class RelayMetrics:
-    """Connections, messages in and out, queue depth and refusals by reason."""
+    """Connections, messages in and out, queue depth, refusals by reason, share links."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -48,6 +48,21 @@ class RelayMetrics:
             "relay_refusals",
             "Refusals (error frames, refusing closes, HTTP errors) by reason.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.shares_stored = Counter(
+            "relay_share_links_stored",
+            "Share links uploaded.",
+            registry=self.registry,
+        )
+        self.share_views = Counter(
+            "relay_share_link_views",
+            "Share-link ciphertexts served to a matching proof.",
+            registry=self.registry,
+        )
+        self.shares_burned = Counter(
+            "relay_share_links_burned",
+            "Share links deleted after too many wrong proofs.",
             registry=self.registry,
         )
         self.purged = Counter(

@@ -126,6 +126,10 @@ class RelaySettings(BaseSettings):
     """How long an undelivered message stays queued."""
     max_share_link_ttl_seconds: int = Field(default=limits.MAX_SHARE_LINK_TTL_SECONDS, ge=1)
     """Longest lifetime of a share-link blob."""
+    max_share_size_bytes: int = Field(
+        default=limits.MAX_SHARE_SIZE_BYTES, ge=1, le=limits.MAX_SHARE_SIZE_CEILING
+    )
+    """Largest share-link ciphertext (at most 1 MiB)."""
     queue_quota: int = Field(default=limits.QUEUE_QUOTA, ge=1)
     """Messages one device's queue may hold."""
     blob_quota_bytes: int = Field(default=limits.BLOB_QUOTA_BYTES, ge=0)
@@ -145,7 +149,7 @@ class RelaySettings(BaseSettings):
     rate_frames: RateLimit = _rate(limits.RATE_FRAMES)
     """Frames of any kind per connection (a flood is closed)."""
     rate_http: RateLimit = _rate(limits.RATE_HTTP)
-    """Other rate-limited HTTP requests (link mailbox, blobs) per client IP."""
+    """Other rate-limited HTTP requests (link mailbox, blobs, share links) per client IP."""
     purge_interval_seconds: float = Field(default=limits.PURGE_INTERVAL_SECONDS, gt=0)
     """Seconds between two runs of the expiry purge."""
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"

@@ -23,12 +23,13 @@ Conventions of every method:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
     "IDEMPOTENCY_TTL_MS",
     "MAX_BLOB_CHUNK",
+    "SHARE_PROOF_HASH_SIZE",
     "AcceptOutcome",
     "Acceptance",
     "AccountExists",
@@ -55,6 +56,12 @@ __all__ = [
     "QueuedMessage",
     "SchemaOutdated",
     "SchemaTooNew",
+    "ShareExists",
+    "ShareOpenOutcome",
+    "ShareOpened",
+    "ShareRecord",
+    "ShareStore",
+    "ShareWrongProof",
     "Storage",
     "StorageError",
     "StorageUnavailable",
@@ -73,6 +80,9 @@ a send well within this, and the table stays bounded."""
 MAX_BLOB_CHUNK = 1 << 20
 """Largest blob chunk one row holds (1 MiB): a blob is streamed row by row, so neither
 database ever materialises a whole blob in one value."""
+
+SHARE_PROOF_HASH_SIZE = 32
+"""A share link's stored proof hash: SHA-256 of the 32-byte download proof (DESIGN 4.7)."""
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -175,6 +185,10 @@ class BlobQuotaExceeded(StorageError):
 
 class LinkMailboxFull(StorageError):
     """The link mailbox slot holds a blob already (each slot is written once)."""
+
+
+class ShareExists(StorageError):
+    """An unexpired share link with this id exists already (ids are chosen by clients)."""
 
 
 # --- records ---------------------------------------------------------------------------
@@ -293,6 +307,55 @@ class BlobRecord:
     chunks: int
     created_at_ms: int
     expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRecord:
+    """A share link's metadata (its ciphertext lives in the blob ``blob_id``)."""
+
+    share_id: bytes
+    blob_id: bytes
+    """The blob holding the ciphertext: chosen by the relay and never shown to clients,
+    so the bytes are reachable only through the share's proof check."""
+    owner_user: str
+    owner_device: int
+    size: int
+    created_at_ms: int
+    expires_at_ms: int
+    max_views: int | None
+    """How many successful opens the share allows (``None``: no limit)."""
+    views: int
+    """Successful opens so far."""
+    wrong_proofs: int
+    """Opens refused for a wrong proof so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShareOpened:
+    """A matching proof: the view was counted and the ciphertext read in the same
+    transaction."""
+
+    record: ShareRecord
+    """The share after this view (``views`` includes it)."""
+    data: bytes = field(repr=False)
+    """The ciphertext."""
+    deleted: bool
+    """This view reached ``max_views``: the share and its blob are gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShareWrongProof:
+    """A proof that does not match: counted."""
+
+    wrong_proofs: int
+    """Wrong proofs so far, this one included."""
+    deleted: bool
+    """This one reached the limit: the share and its blob are gone."""
+
+
+ShareOpenOutcome = ShareOpened | ShareWrongProof | None
+"""What :meth:`ShareStore.open` did (``None``: no such share: unknown, expired,
+deleted or used up)."""
 
 
 # --- protocols -------------------------------------------------------------------------
@@ -511,6 +574,76 @@ class LinkStore(Protocol):
         ...
 
 
+class ShareStore(Protocol):
+    """Share links (DESIGN 4.7): a ciphertext served only for a matching proof.
+
+    A share's ciphertext is stored as a blob of the :class:`BlobStore` (its chunk
+    rows, its owner's byte quota, its expiry); the share adds the proof hash and the
+    counters. A share lives exactly as long as its blob: deleting or purging the blob
+    deletes the share, and deleting the share deletes the blob.
+    """
+
+    async def create(
+        self,
+        share_id: bytes,
+        blob_id: bytes,
+        owner_user: str,
+        owner_device: int,
+        proof_hash: bytes,
+        data: bytes,
+        now_ms: int,
+        expires_at_ms: int,
+        max_views: int | None,
+        quota_bytes: int,
+    ) -> ShareRecord:
+        """Store a complete share in one transaction: the blob ``blob_id`` holding
+        ``data`` (in chunk rows, expiring with the share, counted in the owner's blob
+        quota) and the share row. An expired share with the same id is replaced.
+
+        Raises:
+            ShareExists: an unexpired share with this id exists.
+            BlobExists: the blob id is taken (never in practice: ids are random).
+            BlobQuotaExceeded: the owner's blobs would exceed ``quota_bytes``.
+            ValueError: ``proof_hash`` is not :data:`SHARE_PROOF_HASH_SIZE` bytes,
+                ``data`` is empty or ``max_views`` is below 1.
+        """
+        ...
+
+    async def get(self, share_id: bytes, now_ms: int) -> ShareRecord | None:
+        """An unexpired share's metadata, or ``None``."""
+        ...
+
+    async def open(
+        self, share_id: bytes, proof_hash: bytes, now_ms: int, max_wrong_proofs: int
+    ) -> ShareOpenOutcome:
+        """Check ``proof_hash`` against the stored one (constant time) and count the
+        outcome, atomically (concurrent opens never both use the last view or both
+        escape the wrong-proof limit):
+
+        * a match counts a view and returns the ciphertext (:class:`ShareOpened`);
+          the view that reaches ``max_views`` deletes the share and its blob;
+        * a mismatch counts a wrong proof (:class:`ShareWrongProof`); the one that
+          reaches ``max_wrong_proofs`` deletes the share and its blob;
+        * ``None`` when there is no unexpired share with this id.
+
+        Raises:
+            ValueError: ``proof_hash`` is not :data:`SHARE_PROOF_HASH_SIZE` bytes.
+        """
+        ...
+
+    async def delete(
+        self, share_id: bytes, owner_user: str, owner_device: int, now_ms: int
+    ) -> bool:
+        """Delete the share and its blob if ``(owner_user, owner_device)`` uploaded it
+        (an expired one too); ``True`` when an unexpired share was deleted."""
+        ...
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` expired shares (soonest expiry first) with their
+        blobs; returns how many shares went."""
+        ...
+
+
 class NonceStore(Protocol):
     """Single-use relay nonces for HTTP proofs (registration, blob uploads), shared by
     every relay node through the database."""
@@ -548,6 +681,8 @@ class Storage(Protocol):
     def links(self) -> LinkStore: ...
     @property
     def nonces(self) -> NonceStore: ...
+    @property
+    def shares(self) -> ShareStore: ...
 
     async def ping(self) -> None:
         """A trivial round trip (readiness).

@@ -8,12 +8,14 @@ each call is atomic (all or nothing) exactly like one SQL transaction.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .base import (
     IDEMPOTENCY_TTL_MS,
     MAX_BLOB_CHUNK,
+    SHARE_PROOF_HASH_SIZE,
     Acceptance,
     AcceptOutcome,
     AccountExists,
@@ -32,6 +34,11 @@ from .base import (
     PreKeyStatus,
     QueuedMessage,
     QueueFull,
+    ShareExists,
+    ShareOpened,
+    ShareOpenOutcome,
+    ShareRecord,
+    ShareWrongProof,
     StoredPreKey,
     UnknownAccount,
     UnknownBlob,
@@ -142,6 +149,18 @@ class _Blob:
 
 
 @dataclass(slots=True)
+class _Share:
+    blob_id: bytes
+    blob: _Blob
+    """The blob object itself: the share is live only while ``blobs[blob_id]`` is this
+    object (a deleted or purged blob takes its share with it, as the SQL cascade)."""
+    proof_hash: bytes
+    max_views: int | None
+    views: int = 0
+    wrong_proofs: int = 0
+
+
+@dataclass(slots=True)
 class _Link:
     blob: bytes | None
     expires_at_ms: int
@@ -158,6 +177,7 @@ class _State:
         self.blobs: dict[bytes, _Blob] = {}
         self.links: dict[tuple[bytes, int], _Link] = {}
         self.nonces: dict[bytes, tuple[str, int]] = {}
+        self.shares: dict[bytes, _Share] = {}
 
 
 class MemoryAccountStore:
@@ -524,6 +544,32 @@ def check_chunk(index: int, expected: int, chunk: bytes) -> None:
         raise ValueError(f"blob chunk of {len(chunk)} bytes exceeds {MAX_BLOB_CHUNK}")
 
 
+def check_proof_hash(proof_hash: bytes) -> None:
+    """Raises: ValueError: ``proof_hash`` is not a SHA-256 (32 bytes)."""
+    if len(proof_hash) != SHARE_PROOF_HASH_SIZE:
+        raise ValueError(f"a share proof hash is {SHARE_PROOF_HASH_SIZE} bytes")
+
+
+def check_new_share(proof_hash: bytes, data: bytes, max_views: int | None) -> None:
+    """Raises: ValueError: a malformed proof hash, empty ``data`` or ``max_views`` < 1."""
+    check_proof_hash(proof_hash)
+    if not data:
+        raise ValueError("a share holds at least one byte")
+    if max_views is not None and max_views < 1:
+        raise ValueError("max_views must be at least 1 (None: no limit)")
+
+
+def check_max_wrong_proofs(max_wrong_proofs: int) -> None:
+    """Raises: ValueError: ``max_wrong_proofs`` < 1."""
+    if max_wrong_proofs < 1:
+        raise ValueError("max_wrong_proofs must be at least 1")
+
+
+def share_chunks(data: bytes) -> list[bytes]:
+    """``data`` cut into blob chunks of at most :data:`~server.storage.base.MAX_BLOB_CHUNK`."""
+    return [data[i : i + MAX_BLOB_CHUNK] for i in range(0, len(data), MAX_BLOB_CHUNK)]
+
+
 def _blob_record(blob_id: bytes, blob: _Blob) -> BlobRecord:
     return BlobRecord(
         blob_id=blob_id,
@@ -580,6 +626,144 @@ class MemoryLinkStore:
         return len(expired)
 
 
+class MemoryShareStore:
+    """:class:`~server.storage.base.ShareStore` in memory, over the blobs of the same
+    state."""
+
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def _live(self, share_id: bytes) -> _Share | None:
+        """The share, if its blob is still there (else it is forgotten: the cascade)."""
+        share = self._s.shares.get(share_id)
+        if share is not None and self._s.blobs.get(share.blob_id) is not share.blob:
+            del self._s.shares[share_id]
+            return None
+        return share
+
+    def _drop(self, share_id: bytes) -> None:
+        share = self._s.shares.pop(share_id)
+        if self._s.blobs.get(share.blob_id) is share.blob:
+            del self._s.blobs[share.blob_id]
+
+    async def create(
+        self,
+        share_id: bytes,
+        blob_id: bytes,
+        owner_user: str,
+        owner_device: int,
+        proof_hash: bytes,
+        data: bytes,
+        now_ms: int,
+        expires_at_ms: int,
+        max_views: int | None,
+        quota_bytes: int,
+    ) -> ShareRecord:
+        """See :meth:`server.storage.base.ShareStore.create`.
+
+        Raises:
+            ShareExists: an unexpired share with this id exists.
+            BlobExists: the blob id is taken.
+            BlobQuotaExceeded: the owner's blobs would exceed ``quota_bytes``.
+            ValueError: a malformed proof hash, empty ``data`` or ``max_views`` < 1.
+        """
+        check_new_share(proof_hash, data, max_views)
+        existing = self._live(share_id)
+        if existing is not None and existing.blob.expires_at_ms > now_ms:
+            raise ShareExists(share_id.hex())
+        if blob_id in self._s.blobs:
+            raise BlobExists(blob_id.hex())
+        owner = (owner_user, owner_device)
+        held = sum(b.size for b in self._s.blobs.values() if b.owner == owner)
+        if existing is not None and existing.blob.owner == owner:
+            held -= existing.blob.size  # replaced below
+        if held + len(data) > quota_bytes:
+            raise BlobQuotaExceeded(f"{owner_user}.{owner_device}")
+        if existing is not None:
+            self._drop(share_id)
+        blob = _Blob(owner, now_ms, expires_at_ms, share_chunks(bytes(data)), len(data), True)
+        self._s.blobs[blob_id] = blob
+        share = _Share(blob_id, blob, bytes(proof_hash), max_views)
+        self._s.shares[share_id] = share
+        return _share_record(share_id, share)
+
+    async def get(self, share_id: bytes, now_ms: int) -> ShareRecord | None:
+        """See :meth:`server.storage.base.ShareStore.get`."""
+        share = self._live(share_id)
+        if share is None or share.blob.expires_at_ms <= now_ms:
+            return None
+        return _share_record(share_id, share)
+
+    async def open(
+        self, share_id: bytes, proof_hash: bytes, now_ms: int, max_wrong_proofs: int
+    ) -> ShareOpenOutcome:
+        """See :meth:`server.storage.base.ShareStore.open`.
+
+        Raises:
+            ValueError: a malformed proof hash or ``max_wrong_proofs`` < 1.
+        """
+        check_proof_hash(proof_hash)
+        check_max_wrong_proofs(max_wrong_proofs)
+        share = self._live(share_id)
+        if share is None or share.blob.expires_at_ms <= now_ms:
+            return None
+        if share.max_views is not None and share.views >= share.max_views:
+            return None
+        if not hmac.compare_digest(share.proof_hash, proof_hash):
+            share.wrong_proofs += 1
+            burned = share.wrong_proofs >= max_wrong_proofs
+            if burned:
+                self._drop(share_id)
+            return ShareWrongProof(share.wrong_proofs, burned)
+        share.views += 1
+        used_up = share.max_views is not None and share.views >= share.max_views
+        record = _share_record(share_id, share)
+        data = b"".join(share.blob.chunks)
+        if used_up:
+            self._drop(share_id)
+        return ShareOpened(record, data, used_up)
+
+    async def delete(
+        self, share_id: bytes, owner_user: str, owner_device: int, now_ms: int
+    ) -> bool:
+        """See :meth:`server.storage.base.ShareStore.delete`."""
+        share = self._live(share_id)
+        if share is None or share.blob.owner != (owner_user, owner_device):
+            return False
+        self._drop(share_id)
+        return share.blob.expires_at_ms > now_ms
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int:
+        """See :meth:`server.storage.base.ShareStore.purge_expired` (shares whose blob
+        went already are forgotten on the way, uncounted)."""
+        for share_id in list(self._s.shares):
+            self._live(share_id)
+        expired = sorted(
+            (share.blob.expires_at_ms, s)
+            for s, share in self._s.shares.items()
+            if share.blob.expires_at_ms <= now_ms
+        )[: max(limit, 0)]
+        for _, share_id in expired:
+            self._drop(share_id)
+        return len(expired)
+
+
+def _share_record(share_id: bytes, share: _Share) -> ShareRecord:
+    blob = share.blob
+    return ShareRecord(
+        share_id=share_id,
+        blob_id=share.blob_id,
+        owner_user=blob.owner[0],
+        owner_device=blob.owner[1],
+        size=blob.size,
+        created_at_ms=blob.created_at_ms,
+        expires_at_ms=blob.expires_at_ms,
+        max_views=share.max_views,
+        views=share.views,
+        wrong_proofs=share.wrong_proofs,
+    )
+
+
 class MemoryNonceStore:
     """:class:`~server.storage.base.NonceStore` in memory."""
 
@@ -623,6 +807,7 @@ class MemoryStorage:
         self._blobs = MemoryBlobStore(state)
         self._links = MemoryLinkStore(state)
         self._nonces = MemoryNonceStore(state)
+        self._shares = MemoryShareStore(state)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -657,6 +842,11 @@ class MemoryStorage:
     def nonces(self) -> MemoryNonceStore:
         """Single-use nonces."""
         return self._nonces
+
+    @property
+    def shares(self) -> MemoryShareStore:
+        """Share links."""
+        return self._shares
 
     async def ping(self) -> None:
         """Always answers (there is no database to lose)."""

@@ -28,9 +28,10 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    UniqueConstraint,
 )
 
-from .base import MAX_BLOB_CHUNK
+from .base import MAX_BLOB_CHUNK, SHARE_PROOF_HASH_SIZE
 
 __all__ = [
     "KIND_EC",
@@ -47,6 +48,7 @@ __all__ = [
     "nonces",
     "one_time_prekeys",
     "removed_devices",
+    "share_links",
     "used_prekey_ids",
 ]
 
@@ -240,6 +242,35 @@ link_mailbox = Table(
 )
 """Device-link mailbox slots; ``blob`` is NULL once read (the slot stays taken until
 it expires)."""
+
+share_links = Table(
+    "share_links",
+    metadata,
+    _bytes("share_id"),
+    Column(
+        "blob_id",
+        LargeBinary,
+        ForeignKey("blobs.blob_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    _user("owner_user"),
+    _int("owner_device"),
+    _bytes("proof_hash"),
+    _int("created_at_ms"),
+    _int("expires_at_ms"),
+    Column("max_views", Integer, nullable=True),
+    Column("views", Integer, nullable=False),
+    Column("wrong_proofs", Integer, nullable=False),
+    PrimaryKeyConstraint("share_id"),
+    UniqueConstraint("blob_id"),
+    Index(None, "expires_at_ms"),
+    CheckConstraint(f"length(proof_hash) = {SHARE_PROOF_HASH_SIZE}", name="proof_hash_size"),
+)
+"""Share links (DESIGN 4.7): the SHA-256 of the download proof, the view limit
+(``NULL``: none) and the counters; the ciphertext is the blob ``blob_id`` (created and
+deleted with the share; deleting or purging the blob deletes the share by cascade).
+Access: open, get and delete by ``share_id``; the cascade by ``blob_id`` (unique);
+purge by ``expires_at_ms``."""
 
 nonces = Table(
     "nonces",

@@ -45,6 +45,8 @@ from .base import (
     DeviceRecord,
     PreKeyStatus,
     QueuedMessage,
+    ShareOpenOutcome,
+    ShareRecord,
     StorageUnavailable,
     StoredPreKey,
 )
@@ -772,6 +774,87 @@ class SqlLinkStore:
         return await self._r.write(ops.purge_links, now_ms, limit)
 
 
+class SqlShareStore:
+    """:class:`~server.storage.base.ShareStore` over a :class:`Runner` (its blobs through
+    the blob operations of :mod:`server.storage.sql_ops`, in the same transaction)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    async def create(
+        self,
+        share_id: bytes,
+        blob_id: bytes,
+        owner_user: str,
+        owner_device: int,
+        proof_hash: bytes,
+        data: bytes,
+        now_ms: int,
+        expires_at_ms: int,
+        max_views: int | None,
+        quota_bytes: int,
+    ) -> ShareRecord:
+        """See :meth:`server.storage.base.ShareStore.create`.
+
+        Raises:
+            ShareExists: an unexpired share with this id exists.
+            BlobExists: the blob id is taken.
+            BlobQuotaExceeded: the owner's blobs would exceed ``quota_bytes``.
+            ValueError: a malformed proof hash, empty ``data`` or ``max_views`` < 1.
+            StorageUnavailable: the database failed; nothing was stored.
+        """
+        return await self._r.write(
+            ops.share_create,
+            share_id,
+            blob_id,
+            owner_user,
+            owner_device,
+            proof_hash,
+            data,
+            now_ms,
+            expires_at_ms,
+            max_views,
+            quota_bytes,
+        )
+
+    async def get(self, share_id: bytes, now_ms: int) -> ShareRecord | None:
+        """See :meth:`server.storage.base.ShareStore.get`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.read_one(ops.share_get, share_id, now_ms)
+
+    async def open(
+        self, share_id: bytes, proof_hash: bytes, now_ms: int, max_wrong_proofs: int
+    ) -> ShareOpenOutcome:
+        """See :meth:`server.storage.base.ShareStore.open` (one write transaction).
+
+        Raises:
+            ValueError: a malformed proof hash or ``max_wrong_proofs`` < 1.
+            StorageUnavailable: the database failed; nothing was counted.
+        """
+        return await self._r.write(ops.share_open, share_id, proof_hash, now_ms, max_wrong_proofs)
+
+    async def delete(
+        self, share_id: bytes, owner_user: str, owner_device: int, now_ms: int
+    ) -> bool:
+        """See :meth:`server.storage.base.ShareStore.delete`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.share_delete, share_id, owner_user, owner_device, now_ms)
+
+    async def purge_expired(self, now_ms: int, limit: int) -> int:
+        """See :meth:`server.storage.base.ShareStore.purge_expired`.
+
+        Raises:
+            StorageUnavailable: the database failed.
+        """
+        return await self._r.write(ops.purge_shares, now_ms, limit)
+
+
 class SqlNonceStore:
     """:class:`~server.storage.base.NonceStore` over a :class:`Runner`."""
 
@@ -823,6 +906,7 @@ class SqlStorage:
         self._blobs = SqlBlobStore(runner)
         self._links = SqlLinkStore(runner)
         self._nonces = SqlNonceStore(runner)
+        self._shares = SqlShareStore(runner)
 
     def __repr__(self) -> str:
         return f"SqlStorage(dialect={self.dialect!r})"
@@ -856,6 +940,11 @@ class SqlStorage:
     def nonces(self) -> SqlNonceStore:
         """Single-use nonces."""
         return self._nonces
+
+    @property
+    def shares(self) -> SqlShareStore:
+        """Share links."""
+        return self._shares
 
     async def ping(self) -> None:
         """A trivial round trip.

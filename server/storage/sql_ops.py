@@ -17,8 +17,10 @@ single writer already serialises everything.
 
 from __future__ import annotations
 
+import hmac
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     LargeBinary,
+    Row,
     SmallInteger,
     String,
     bindparam,
@@ -55,6 +58,11 @@ from .base import (
     PreKeyStatus,
     QueuedMessage,
     QueueFull,
+    ShareExists,
+    ShareOpened,
+    ShareOpenOutcome,
+    ShareRecord,
+    ShareWrongProof,
     StoredPreKey,
     UnknownAccount,
     UnknownBlob,
@@ -66,7 +74,11 @@ from .memory import (
     check_addressed,
     check_chunk,
     check_link_slot,
+    check_max_wrong_proofs,
+    check_new_share,
+    check_proof_hash,
     device_mismatch,
+    share_chunks,
 )
 from .schema import (
     KIND_EC,
@@ -81,6 +93,7 @@ from .schema import (
     nonces,
     one_time_prekeys,
     removed_devices,
+    share_links,
     used_prekey_ids,
 )
 
@@ -853,6 +866,203 @@ def purge_links(conn: Connection, now_ms: int, limit: int) -> int:
             delete(_lm).where(_lm.c.link_id == bindparam("l"), _lm.c.slot == bindparam("s")),
             [{"l": link_id, "s": slot} for link_id, slot in expired],
         )
+    return len(expired)
+
+
+# --- share links -----------------------------------------------------------------------
+
+_sl = share_links
+
+_SHARE_COLUMNS = (
+    _sl.c.share_id,
+    _sl.c.blob_id,
+    _sl.c.owner_user,
+    _sl.c.owner_device,
+    blobs.c.size,
+    _sl.c.created_at_ms,
+    _sl.c.expires_at_ms,
+    _sl.c.max_views,
+    _sl.c.views,
+    _sl.c.wrong_proofs,
+)
+"""A :class:`ShareRecord`'s columns, in its field order (over ``share_links JOIN blobs``)."""
+
+
+def _share_record(row: Row[*tuple[Any, ...]], views: int) -> ShareRecord:
+    """The record of a row of :data:`_SHARE_COLUMNS` (with ``views`` as given)."""
+    return ShareRecord(
+        share_id=row.share_id,
+        blob_id=row.blob_id,
+        owner_user=row.owner_user,
+        owner_device=row.owner_device,
+        size=row.size,
+        created_at_ms=row.created_at_ms,
+        expires_at_ms=row.expires_at_ms,
+        max_views=row.max_views,
+        views=views,
+        wrong_proofs=row.wrong_proofs,
+    )
+
+
+def _drop_share(conn: Connection, share_id: bytes, blob_id: bytes) -> None:
+    """Delete a share row and its blob (the row first: no cascade needed)."""
+    conn.execute(delete(_sl).where(_sl.c.share_id == share_id))
+    blob_delete(conn, blob_id)
+
+
+def share_create(
+    conn: Connection,
+    share_id: bytes,
+    blob_id: bytes,
+    owner_user: str,
+    owner_device: int,
+    proof_hash: bytes,
+    data: bytes,
+    now_ms: int,
+    expires_at_ms: int,
+    max_views: int | None,
+    quota_bytes: int,
+) -> ShareRecord:
+    """See :meth:`server.storage.base.ShareStore.create`: the blob through the blob
+    operations (quota, chunk rows), then the share row. Two creates of one id race on
+    the primary key; the loser is run again and finds the winner's share.
+
+    Raises:
+        ShareExists: an unexpired share with this id exists.
+        BlobExists: the blob id is taken.
+        BlobQuotaExceeded: the owner's blobs would exceed ``quota_bytes``.
+        ValueError: a malformed proof hash, empty ``data`` or ``max_views`` < 1.
+    """
+    check_new_share(proof_hash, data, max_views)
+    existing = conn.execute(
+        select(_sl.c.blob_id, _sl.c.expires_at_ms)
+        .where(_sl.c.share_id == share_id)
+        .with_for_update()
+    ).first()
+    if existing is not None:
+        if existing.expires_at_ms > now_ms:
+            raise ShareExists(share_id.hex())
+        _drop_share(conn, share_id, existing.blob_id)
+    blob_begin(conn, blob_id, owner_user, owner_device, now_ms, expires_at_ms, quota_bytes)
+    chunks = share_chunks(data)
+    for index, chunk in enumerate(chunks):
+        blob_append(conn, blob_id, index, chunk, quota_bytes)
+    blob_complete(conn, blob_id)
+    conn.execute(
+        insert(_sl).values(
+            share_id=share_id,
+            blob_id=blob_id,
+            owner_user=owner_user,
+            owner_device=owner_device,
+            proof_hash=proof_hash,
+            created_at_ms=now_ms,
+            expires_at_ms=expires_at_ms,
+            max_views=max_views,
+            views=0,
+            wrong_proofs=0,
+        )
+    )
+    return ShareRecord(
+        share_id,
+        blob_id,
+        owner_user,
+        owner_device,
+        len(data),
+        now_ms,
+        expires_at_ms,
+        max_views,
+        0,
+        0,
+    )
+
+
+def share_get(conn: Connection, share_id: bytes, now_ms: int) -> ShareRecord | None:
+    """See :meth:`server.storage.base.ShareStore.get`."""
+    row = conn.execute(
+        select(*_SHARE_COLUMNS)
+        .select_from(_sl.join(blobs, blobs.c.blob_id == _sl.c.blob_id))
+        .where(_sl.c.share_id == share_id, _sl.c.expires_at_ms > now_ms)
+    ).first()
+    return None if row is None else _share_record(row, row.views)
+
+
+def share_open(
+    conn: Connection, share_id: bytes, proof_hash: bytes, now_ms: int, max_wrong_proofs: int
+) -> ShareOpenOutcome:
+    """See :meth:`server.storage.base.ShareStore.open`. The share row is locked
+    (``FOR UPDATE``) before it is checked, so on PostgreSQL concurrent opens of one
+    share run one after the other and each sees the counters the previous one left
+    (or no row, once it was deleted); on SQLite the single writer does the same.
+
+    Raises:
+        ValueError: a malformed proof hash or ``max_wrong_proofs`` < 1.
+    """
+    check_proof_hash(proof_hash)
+    check_max_wrong_proofs(max_wrong_proofs)
+    row = conn.execute(
+        select(*_SHARE_COLUMNS, _sl.c.proof_hash, blobs.c.chunks)
+        .select_from(_sl.join(blobs, blobs.c.blob_id == _sl.c.blob_id))
+        .where(_sl.c.share_id == share_id)
+        .with_for_update(of=_sl)
+    ).first()
+    if row is None or row.expires_at_ms <= now_ms:
+        return None
+    if row.max_views is not None and row.views >= row.max_views:
+        return None
+    if not hmac.compare_digest(row.proof_hash, proof_hash):
+        wrong: int = row.wrong_proofs + 1
+        if wrong >= max_wrong_proofs:
+            _drop_share(conn, share_id, row.blob_id)
+            return ShareWrongProof(wrong, deleted=True)
+        conn.execute(update(_sl).where(_sl.c.share_id == share_id).values(wrong_proofs=wrong))
+        return ShareWrongProof(wrong, deleted=False)
+    views: int = row.views + 1
+    data = b"".join(blob_chunk(conn, row.blob_id, index) for index in range(row.chunks))
+    used_up = row.max_views is not None and views >= row.max_views
+    if used_up:
+        _drop_share(conn, share_id, row.blob_id)
+    else:
+        conn.execute(update(_sl).where(_sl.c.share_id == share_id).values(views=views))
+    return ShareOpened(_share_record(row, views), data, deleted=used_up)
+
+
+def share_delete(
+    conn: Connection, share_id: bytes, owner_user: str, owner_device: int, now_ms: int
+) -> bool:
+    """See :meth:`server.storage.base.ShareStore.delete`."""
+    row = conn.execute(
+        select(_sl.c.blob_id, _sl.c.expires_at_ms)
+        .where(
+            _sl.c.share_id == share_id,
+            _sl.c.owner_user == owner_user,
+            _sl.c.owner_device == owner_device,
+        )
+        .with_for_update()
+    ).first()
+    if row is None:
+        return False
+    _drop_share(conn, share_id, row.blob_id)
+    live: bool = row.expires_at_ms > now_ms
+    return live
+
+
+def purge_shares(conn: Connection, now_ms: int, limit: int) -> int:
+    """See :meth:`server.storage.base.ShareStore.purge_expired`."""
+    if limit <= 0:
+        return 0
+    expired = conn.execute(
+        select(_sl.c.share_id, _sl.c.blob_id)
+        .where(_sl.c.expires_at_ms <= now_ms)
+        .order_by(_sl.c.expires_at_ms)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not expired:
+        return 0
+    conn.execute(delete(_sl).where(_sl.c.share_id.in_([s for s, _ in expired])))
+    blob_ids = [b for _, b in expired]
+    conn.execute(delete(blob_chunks).where(blob_chunks.c.blob_id.in_(blob_ids)))
+    conn.execute(delete(blobs).where(blobs.c.blob_id.in_(blob_ids)))
     return len(expired)
 
 

@@ -43,6 +43,7 @@ from server.storage.base import (
     MessageStore,
     NonceStore,
     PreKeyStore,
+    ShareStore,
     Storage,
     UnknownBlob,
 )
@@ -165,6 +166,10 @@ class SpyStorage:
     @property
     def nonces(self) -> NonceStore:
         return self.inner.nonces
+
+    @property
+    def shares(self) -> ShareStore:
+        return self.inner.shares
 
     async def ping(self) -> None:
         await self.inner.ping()

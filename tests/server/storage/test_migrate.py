@@ -44,7 +44,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert shipped.joinpath("env.py").is_file()
     assert shipped.joinpath("versions").joinpath("0001_initial_schema.py").is_file()
     assert Path(str(shipped)).resolve() == MIGRATIONS_DIR
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
 
 
 def test_sqlite_migration_equals_schema_and_round_trips(tmp_path: Path) -> None:
