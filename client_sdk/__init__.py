@@ -3,8 +3,8 @@
 :class:`Client` (``client_sdk.client``) owns the device's keys in an encrypted local
 store (:mod:`client_sdk.store`), talks to the relay over WebSockets
 (:mod:`client_sdk.transport`), and gives the app ``send``, ``messages()``, typed
-security events (:mod:`client_sdk.events`), safety numbers, device linking and key
-upkeep. Every error is a :class:`~client_sdk.errors.ClientError`. ``docs/sdk.md`` is
+security events (:mod:`client_sdk.events`), safety numbers, device linking, key
+upkeep, encrypted attachments, share links and QR codes (:mod:`client_sdk.qr`). Every error is a :class:`~client_sdk.errors.ClientError`. ``docs/sdk.md`` is
 the guide; ``e2ee demo`` shows it end to end.
 
 The names most apps need are re-exported here::
@@ -21,6 +21,7 @@ from .client import (
     VerificationState,
 )
 from .errors import ClientError
+from .share import ShareLinkInfo, ShareLinkState, ShareLinkStatus, open_share_link
 
 __all__ = [
     "Client",
@@ -29,5 +30,9 @@ __all__ = [
     "EventItem",
     "LinkOffer",
     "Message",
+    "ShareLinkInfo",
+    "ShareLinkState",
+    "ShareLinkStatus",
     "VerificationState",
+    "open_share_link",
 ]

@@ -46,6 +46,7 @@ from e2ee.keys import SigningKeyPair
 from e2ee.primitives import Rng, default_rng
 
 from ._client import records
+from ._client.attachments import AttachmentsMixin
 from ._client.base import ClientBase
 from ._client.identity import ContactSafetyNumber, IdentityMixin, VerificationState
 from ._client.linking import LINK_TIMEOUT, LinkingMixin, LinkOffer
@@ -54,6 +55,7 @@ from ._client.records import AccountRecord, LinkRecord, LinkState
 from ._client.recovery import RecoveryMixin
 from ._client.registration import RegistrationMixin
 from ._client.sending import MAX_SEND_ATTEMPTS, SendingMixin
+from ._client.sharing import SharingMixin
 from ._client.upkeep import UpkeepMixin
 from .errors import IdentityError, SendFailed, StoreCorrupt, UsageError
 from .events import SecurityEvent, decode_event
@@ -116,6 +118,8 @@ def _now_ms() -> int:
 
 
 class Client(
+    SharingMixin,
+    AttachmentsMixin,
     LinkingMixin,
     IdentityMixin,
     RecoveryMixin,

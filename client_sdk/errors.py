@@ -9,9 +9,13 @@ as the SDK grows; the local store's errors are :class:`StoreError`.
 from __future__ import annotations
 
 __all__ = [
+    "AttachmentCorrupt",
+    "AttachmentError",
+    "AttachmentFileError",
     "AuthFailed",
     "BadLinkCode",
     "BadSignatureRefused",
+    "BlobNotFound",
     "ClientError",
     "ConnectedElsewhere",
     "ConnectionFailed",
@@ -22,6 +26,7 @@ __all__ = [
     "IdempotencyConflict",
     "IdentityChangeBlocked",
     "IdentityError",
+    "InvalidShareLink",
     "LinkError",
     "LinkRejected",
     "LinkTimeout",
@@ -42,6 +47,14 @@ __all__ = [
     "SafetyNumberMismatch",
     "SendFailed",
     "SessionResetTooSoon",
+    "ShareLinkError",
+    "ShareLinkExpired",
+    "ShareLinkNotFound",
+    "ShareLinkTTLTooLong",
+    "ShareLinkTampered",
+    "ShareLinkTooLarge",
+    "ShareLinkUploadFailed",
+    "ShareLinkWrongCode",
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
@@ -496,3 +509,126 @@ class SessionResetTooSoon(ClientError):
         self.user_id = user_id
         self.device_id = device_id
         self.retry_after_ms = retry_after_ms
+
+
+# --- attachments (client_sdk._client.attachments, client_sdk.transport.blob_http) -------
+
+
+class AttachmentError(ClientError):
+    """Sending or downloading an encrypted attachment failed on this device (the
+    transport's failures are :class:`TransportError`)."""
+
+
+class AttachmentCorrupt(AttachmentError):
+    """The downloaded blob is not exactly what the sender uploaded: truncated (no final
+    chunk), a chunk modified, reordered or repeated, data after the final chunk, or a
+    size or digest other than the message's pointer names. The core's
+    ``e2ee.attachment.AttachmentCorrupt`` is ``__cause__``. Nothing was written to the
+    destination (the temporary file was removed)."""
+
+
+class AttachmentFileError(AttachmentError):
+    """The local file could not be read (sending) or written (downloading), or it
+    changed size while it was being sent; the ``OSError``, if any, is ``__cause__``. A
+    failed download leaves the destination untouched."""
+
+
+class BlobNotFound(RelayRefused):
+    """The relay holds no such blob: the id is unknown, the blob expired (attachment
+    blobs live for the relay's message TTL) or it was deleted."""
+
+
+# --- share links (client_sdk.share, Client.make_share_link; docs/share-links.md) --------
+
+
+class ShareLinkError(ClientError):
+    """A share link could not be made, uploaded or opened. No message or attribute ever
+    holds a link, its key, an auth code or the shared data."""
+
+
+class InvalidShareLink(ShareLinkError, UsageError):
+    """The text given as a share link (or a share id) does not parse: another scheme,
+    a path other than ``/s/<id>``, a missing or malformed key after ``#``, characters
+    outside printable ASCII. Nothing was sent."""
+
+
+class ShareLinkTTLTooLong(ShareLinkError, UsageError):
+    """``make_share_link``: the ttl is above the longest the relay last advertised
+    (``GET /v1/config``; 300 s before any configuration is known). Nothing was stored.
+
+    Attributes:
+        ttl: the ttl asked for, in seconds.
+        max_ttl: the longest allowed, in seconds.
+    """
+
+    def __init__(self, ttl: int, max_ttl: int) -> None:
+        super().__init__(f"a share link lives at most {max_ttl} s on this relay, not {ttl} s")
+        self.ttl = ttl
+        self.max_ttl = max_ttl
+
+
+class ShareLinkTooLarge(ShareLinkError, UsageError):
+    """``make_share_link``: the data do not fit one share link (the relay's advertised
+    ``max_share_size``, at most 64 KiB, less the blob's overhead). Nothing was stored;
+    larger content goes as an attachment.
+
+    Attributes:
+        size: the data's size in bytes (UTF-8 for text).
+        limit: the largest size accepted.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a share link holds at most {limit} bytes of data, not {size}")
+        self.size = size
+        self.limit = limit
+
+
+class ShareLinkUploadFailed(ShareLinkError):
+    """The relay refused a share link's upload for good (``ttl_too_long``, ``expired``,
+    ``too_large``, ``exists``, ``bad_request``, ...), or the link expired before it could
+    be uploaded (``expired``, ``http_status`` ``None``). Its pending upload was dropped:
+    the link will never open. ``share_link_status`` reports it as failed too.
+
+    Attributes:
+        share_id: the link's share id (base64url; not a secret).
+        reason: the relay's refusal label, or ``"expired"``.
+        http_status: the relay's HTTP status (``None`` when the SDK dropped the link).
+    """
+
+    def __init__(self, share_id: str, reason: str, http_status: int | None = None) -> None:
+        where = f" (HTTP {http_status})" if http_status is not None else ""
+        super().__init__(f"a share link's upload failed: {reason}{where}")
+        self.share_id = share_id
+        self.reason = reason
+        self.http_status = http_status
+
+
+class ShareLinkWrongCode(ShareLinkError):
+    """The relay refused the download proof (``403 wrong_proof``): the auth code is
+    wrong, missing (the link has one) or given (the link has none). The relay counts
+    it: after 5 wrong proofs the link is deleted (then :class:`ShareLinkNotFound`)."""
+
+
+class ShareLinkNotFound(ShareLinkError):
+    """The relay holds no such link (``404``): it expired at the relay, its view limit
+    was used up, it was deleted after 5 wrong codes or by its maker, or it was never
+    uploaded. The relay gives one answer for all of these."""
+
+
+class ShareLinkExpired(ShareLinkError):
+    """The relay served the link, but its authenticated expiry has passed on the
+    opener's clock. The data are not returned.
+
+    Attributes:
+        expires_at_ms: when the link expired (ms since the epoch).
+    """
+
+    def __init__(self, expires_at_ms: int) -> None:
+        super().__init__(f"the share link expired at {expires_at_ms} ms")
+        self.expires_at_ms = expires_at_ms
+
+
+class ShareLinkTampered(ShareLinkError):
+    """The relay accepted the download proof but what it served does not open under
+    the link's key: modified, truncated or replaced bytes, or content in a format this
+    SDK does not know. Nothing from it is returned."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Final
 
+from e2ee.attachment import AttachmentPointer
 from e2ee.device import OurPreKeys
 from e2ee.device_list import PeerDevice
 from e2ee.envelope import EnvelopeType, PreKeyEnvelope, envelope_type
 from e2ee.errors import DuplicateMessage, E2EEError
-from e2ee.payload import Payload, PayloadType, SyncSent, UnknownPayloadType
+from e2ee.payload import AttachmentRef, Payload, PayloadType, SyncSent, UnknownPayloadType
 from e2ee.session import SessionRecord, decrypt
 
 from ..errors import (
@@ -65,7 +67,10 @@ class Message:
             the relay delivers in increasing order of it, which is acceptance order
             (DESIGN 5); 0 for a message stored by an older SDK version.
         client_msg_id: the sender's 16 random bytes naming the message.
-        body: ``str`` for text, ``bytes`` for a bytes message.
+        body: ``str`` for text, ``bytes`` for a bytes message (``b""`` for an
+            attachment).
+        attachment: for an attachment message, its pointer (blob id, key, digest and
+            size: ``download_attachment`` fetches and decrypts it); ``None`` otherwise.
         sent_to: for a copy of a message one of our own other devices sent
             (``sync_sent``), the user it was sent to; ``None`` otherwise.
         verification: the sender's :class:`VerificationState` when the message is
@@ -78,6 +83,7 @@ class Message:
     __slots__ = (
         "_client",
         "_key",
+        "attachment",
         "body",
         "client_msg_id",
         "relay_seq",
@@ -98,6 +104,7 @@ class Message:
         body: str | bytes,
         sent_to: str | None,
         verification: VerificationState,
+        attachment: AttachmentPointer | None = None,
     ) -> None:
         self._client = client
         self._key = key
@@ -110,6 +117,7 @@ class Message:
         self.body = body
         self.sent_to = sent_to
         self.verification = verification
+        self.attachment = attachment
 
     async def done(self) -> None:
         """Remove the message from the inbox (idempotent): it will not be yielded again.
@@ -125,6 +133,29 @@ class Message:
             f"Message(from={self.sender_user}.{self.sender_device}, "
             f"id={self.client_msg_id.hex()}, sender_ts_ms={self.sender_ts_ms})"
         )
+
+
+_INBOX_TYPES: Final = (
+    PayloadType.TEXT,
+    PayloadType.BYTES,
+    PayloadType.ATTACHMENT,
+    PayloadType.SYNC_SENT,
+)
+"""The payload types the app sees (``messages()``); the others are the SDK's own."""
+
+
+def _check_attachment(payload: Payload) -> None:
+    """Refuse an attachment payload (or a ``sync_sent`` copy of one) whose pointer
+    ``download_attachment`` would refuse (an empty blob id, a size no blob has).
+
+    Raises:
+        DecodeError: it does not make an ``AttachmentPointer``.
+    """
+    body = payload.body
+    if isinstance(body, SyncSent):
+        body = body.original_body
+    if isinstance(body, AttachmentRef):
+        AttachmentPointer.from_ref(body)
 
 
 async def _last_seq(tx: Transaction) -> int:
@@ -228,9 +259,16 @@ class ReceivingMixin(ClientBase):
         if isinstance(body, SyncSent):
             sent_to = body.destination_user
             body = body.original_body
+        attachment = None
+        if isinstance(body, AttachmentRef):
+            try:
+                attachment = AttachmentPointer.from_ref(body)
+            except E2EEError as exc:  # pragma: no cover - checked before it was stored
+                raise StoreCorrupt("an inbox attachment does not decode", table="inbox") from exc
+            body = b""
         if not isinstance(body, str | bytes):  # pragma: no cover - filtered on receipt
             raise StoreCorrupt("an inbox payload of an unsupported type", table="inbox")
-        return Message(self, key, record, payload, body, sent_to, verification)
+        return Message(self, key, record, payload, body, sent_to, verification, attachment)
 
     async def _next_event(self) -> tuple[RelayConnection, RelayEvent] | None:
         """The next relay event, reconnecting with backoff when the connection ends;
@@ -350,6 +388,7 @@ class ReceivingMixin(ClientBase):
         own = user == self.user_id
         try:
             payload = Payload.from_bytes(plaintext, from_own_device=own)
+            _check_attachment(payload)
         except UnknownPayloadType as exc:
             logger.warning("a payload of an unknown type was dropped")
             await self._emit(tx, UnknownPayload(user, dev, exc.payload_type))
@@ -363,7 +402,7 @@ class ReceivingMixin(ClientBase):
             await self._duplicate(tx, delivery)
             return
         await tx.put(Table.DEDUPE, dedupe, delivery.accepted_at_ms.to_bytes(8, "big"))
-        if payload.type in (PayloadType.TEXT, PayloadType.BYTES, PayloadType.SYNC_SENT):
+        if payload.type in _INBOX_TYPES:
             key = await records.next_counter(tx, records.INBOX_NEXT)
             inbox = InboxRecord(user, dev, plaintext, delivery.accepted_at_ms, delivery.seq)
             await tx.put(Table.INBOX, key, inbox.to_bytes())

@@ -10,7 +10,7 @@ from typing import Any, Final, NamedTuple
 from e2ee.device_list import PeerDevice
 from e2ee.errors import E2EEError
 from e2ee.identifiers import check_user_id
-from e2ee.payload import Payload, PayloadType, SyncSent
+from e2ee.payload import AttachmentRef, Payload, PayloadType, SyncSent
 from e2ee.prekeys import PreKeyBundle, validate_bundle
 from e2ee.relay_frames import Accepted, Mismatch, Send, decode_client_frame
 from e2ee.session import SessionRecord, start_session
@@ -129,9 +129,22 @@ class SendingMixin(ClientBase):
             TransportError: the relay refused or could not be reached before anything
                 was committed.
         """
-        _, account = self._ready()
+        self._ready()
         if not isinstance(body, str | bytes):
             raise UsageError("a message body is str or bytes")
+        kind = PayloadType.TEXT if isinstance(body, str) else PayloadType.BYTES
+        return await self._send_body(user_id, kind, body, client_msg_id)
+
+    async def _send_body(
+        self,
+        user_id: str,
+        kind: PayloadType,
+        body: str | bytes | AttachmentRef,
+        client_msg_id: bytes | None,
+    ) -> bytes:
+        """:meth:`send` of a ``kind`` payload (text, bytes, or an attachment pointer from
+        ``send_attachment``): the same steps, guarantees and errors."""
+        _, account = self._ready()
         try:
             check_user_id(user_id)
         except E2EEError as exc:
@@ -149,7 +162,6 @@ class SendingMixin(ClientBase):
                 earlier = await self._committed(tx, msg_id, user_id, body)
             if earlier is not None:
                 return await self._resume(earlier)
-        kind = PayloadType.TEXT if isinstance(body, str) else PayloadType.BYTES
         try:
             payload = Payload(kind, msg_id, now, body).to_bytes()
             own_payload = (
@@ -193,7 +205,7 @@ class SendingMixin(ClientBase):
         return await self._resume((msg_id, key, record))
 
     async def _committed(
-        self, tx: Transaction, msg_id: bytes, user_id: str, body: str | bytes
+        self, tx: Transaction, msg_id: bytes, user_id: str, body: str | bytes | AttachmentRef
     ) -> tuple[bytes, bytes | None, OutboxRecord | None] | None:
         """What an earlier ``send`` with the app's ``msg_id`` committed (inside ``tx``):
         ``None`` if none (within the 24 hours sent messages are remembered), else
