@@ -20,10 +20,8 @@ A link offer's payload holds the code's secret and a share link holds its key: a
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -32,6 +30,7 @@ import segno
 
 from ._client.identity import ContactSafetyNumber
 from ._client.linking import LinkOffer
+from ._files import atomic_write
 from .errors import UsageError
 
 __all__ = [
@@ -199,7 +198,7 @@ class QRCode:
             UsageError: a bad ``scale`` or ``border`` (as :meth:`png`).
             OSError: the directory cannot be written.
         """
-        _atomic_write(Path(path), self.png(scale=scale, border=border))
+        atomic_write(Path(path), self.png(scale=scale, border=border))
 
     def __repr__(self) -> str:
         return f"QRCode(version={self.version})"
@@ -309,33 +308,3 @@ def _payload_bytes(payload: str | bytes) -> bytes:
 def _check_int(name: str, value: int, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise UsageError(f"{name} is an int from {low} to {high}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the platform can (POSIX). The file is already in
-    place: a platform or file system that cannot open or sync a directory (Windows,
-    some network file systems) only loses that extra durability, so it is skipped."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,14 +13,12 @@ failure descriptions the simulation wrote, never message contents.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TextIO
+
+from client_sdk._files import atomic_write
 
 __all__ = [
     "REPORT_VERSION",
@@ -207,7 +207,7 @@ class SimReport:
             text = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
         except ValueError as exc:
             raise ReportError(f"report cannot be written as JSON: {exc}") from None
-        _atomic_write(Path(path), text.encode("utf-8"))
+        atomic_write(Path(path), text.encode("utf-8"))
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> SimReport:
@@ -316,21 +316,6 @@ _FIELD_PARSERS: Final[dict[str, Callable[[str, object], object]]] = {
     "started_at": _parse_started_at,
 }
 """Fields whose checks go beyond their type."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --- figures ------------------------------------------------------------------------
@@ -500,7 +485,7 @@ def write_plot(report: SimReport, path: str | os.PathLike[str]) -> None:
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_PLOT_DPI)
-    _atomic_write(Path(path), buffer.getvalue())
+    atomic_write(Path(path), buffer.getvalue())
 
 
 def _no_data(ax: Any) -> None:

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import shutil
 import signal
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+from client_sdk._files import atomic_write
 
 from .canary import CANARY_PREFIX, CanaryScanner, RedisCapture, prove_detects
 from .ledger import SECURITY_FAILURES, Ledger
@@ -583,8 +584,6 @@ async def run_simulation(
     log_path: Path | None = None
     if not sim.report.passed:
         log_path = event_log or workdir / "sim-log.json"
-        tmp = log_path.with_name(log_path.name + ".tmp")
-        tmp.write_text(json.dumps(sim.event_log(), indent=1), encoding="utf-8")
-        os.replace(tmp, log_path)
+        atomic_write(log_path, json.dumps(sim.event_log(), indent=1).encode())
         sim.report.event_log = str(log_path)
     return SimRun(sim.report, workdir, log_path)

@@ -165,10 +165,11 @@ class Worker:
                     body = message.body
                     text = body if isinstance(body, str) else body.decode("utf-8", "replace")
                     match = SID_PATTERN.search(text)
+                    sid = int(match.group(1)) if match else -1
                     self.emit(
                         "recv",
                         dev=device.label,
-                        sid=int(match.group(1)) if match else -1,
+                        sid=sid,
                         sender=message.sender_user,
                         msg_id=message.client_msg_id.hex(),
                         relay_ts=message.relay_ts_ms,
@@ -176,7 +177,7 @@ class Worker:
                         t=time.monotonic(),
                     )
                     await message.done()
-                    self.emit("done", dev=device.label, sid=int(match.group(1)) if match else -1)
+                    self.emit("done", dev=device.label, sid=sid)
                 return  # the client was closed
             except ClientError as exc:
                 # Reconnecting cannot help (removed, refused authentication): report and
