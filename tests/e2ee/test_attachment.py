@@ -185,7 +185,7 @@ def test_round_trip_sizes(size: int) -> None:
     assert pointer.plaintext_size == size
     assert _decrypt(header, chunks) == data
     assert _read(pointer, blob, 4096) == data
-    if data:
+    if size >= 16:  # shorter plaintexts occur in random bytes by chance (1 byte: ~16 %)
         assert data[:64] not in blob
 
 
