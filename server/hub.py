@@ -14,6 +14,7 @@ from typing import Protocol
 from e2ee.relay_frames import CloseCode
 
 from .notify import device_key
+from .storage.base import QueuedMessage
 
 __all__ = ["ConnectionHandle", "Hub", "control_key", "takeover_key"]
 
@@ -44,6 +45,16 @@ class ConnectionHandle(Protocol):
 
     async def closed(self) -> None:
         """Wait until the connection has finished."""
+        ...
+
+    async def acks_deleted(self) -> None:
+        """Wait (bounded) until what its device acknowledged so far is deleted."""
+        ...
+
+    def offer(self, message: QueuedMessage) -> bool:
+        """Deliver a just-committed message at once if the connection can (it is the
+        next in sequence and the connection is waiting for news); ``False`` leaves
+        it to the connection's own fetch."""
         ...
 
 
@@ -87,6 +98,12 @@ class Hub:
     def get(self, key: str) -> ConnectionHandle | None:
         """The live connection of device ``key`` on this node."""
         return self._by_device.get(key)
+
+    def offer(self, key: str, message: QueuedMessage) -> bool:
+        """Hand a just-committed message to device ``key``'s connection on this node
+        (:meth:`ConnectionHandle.offer`); ``False`` if there is none or it declined."""
+        handle = self._by_device.get(key)
+        return handle is not None and handle.offer(message)
 
     def close_device(self, key: str, code: CloseCode, reason: str) -> None:
         """Close the device's connection on this node, if any."""

@@ -13,6 +13,7 @@ from e2ee.auth import RELAY_NONCE_SIZE
 from e2ee.relay_frames import MAX_RELAY_FRAME
 
 __all__ = [
+    "ACK_BACKLOG",
     "ACK_STALL_SECONDS",
     "AUTH_TIMEOUT_SECONDS",
     "BLOB_CHUNK_SIZE",
@@ -84,6 +85,10 @@ ACK_STALL_SECONDS: Final = 3.0
 """With the delivery window full, a client that acknowledges nothing for this long
 has stopped consuming: closed with ``OVERFLOW`` (its messages stay queued). Below
 5 s for the same reason as :data:`OVERFLOW_SECONDS`."""
+ACK_BACKLOG: Final = 4 * DELIVERY_WINDOW
+"""Acknowledged sequences per connection waiting to be deleted (the deletions of
+``Ack`` frames that arrive while one is in progress are done together). Past it the
+connection reads no further frame until the deletion in progress has finished."""
 CLOSE_SECONDS: Final = 10.0
 """How long a close frame may wait to be written before the connection is dropped."""
 SHUTDOWN_CLOSE_SECONDS: Final = 5.0

@@ -52,6 +52,11 @@ class Listener(Protocol):
         ``None`` after ``timeout`` seconds without such news."""
         ...
 
+    def delivered(self, seq: int) -> None:
+        """The holder already has everything up to ``seq`` (handed over in this
+        process): news up to ``seq`` does not end a :meth:`wait`."""
+        ...
+
     async def aclose(self) -> None:
         """Stop listening."""
         ...
@@ -74,7 +79,7 @@ class Notifier(Protocol):
 
 
 class _Listener:
-    __slots__ = ("_board", "_key", "_waiters", "latest")
+    __slots__ = ("_board", "_floor", "_key", "_waiters", "latest")
 
     def __init__(self, board: _Board, key: str) -> None:
         self._board = board
@@ -82,21 +87,26 @@ class _Listener:
         self._waiters: list[asyncio.Future[None]] = []
         """The waits in progress (a future each: a task wakes only when it waits)."""
         self.latest = 0
+        self._floor = 0
+        """What the holder already has (:meth:`delivered`): news up to it wakes no one."""
 
     def _announce(self, seq: int) -> None:
         if seq > self.latest:
             self.latest = seq
-            if self._waiters:
+            if self._waiters and seq > self._floor:
                 waiters, self._waiters = self._waiters, []
                 for waiter in waiters:
                     _wake(waiter)
 
+    def delivered(self, seq: int) -> None:
+        self._floor = max(self._floor, seq)
+
     async def wait(self, after: int, timeout: float) -> int | None:
-        if self.latest > after:
+        if self.latest > after and self.latest > self._floor:
             return self.latest
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.latest <= after:
+        while self.latest <= after or self.latest <= self._floor:
             if loop.time() >= deadline:
                 return None
             waiter: asyncio.Future[None] = loop.create_future()

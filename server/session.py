@@ -15,6 +15,7 @@ failure answers ``UNAVAILABLE`` and changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -103,7 +104,8 @@ class Reply:
     authenticated: bool = False
     """The frame authenticated the connection: start delivery."""
     acked: tuple[int, ...] = ()
-    """Sequences acknowledged (and deleted): open the delivery window."""
+    """Sequences acknowledged: the driver opens the delivery window and deletes them
+    (:meth:`RelaySession.delete_acked`)."""
 
 
 class DeliveryWindow:
@@ -243,8 +245,18 @@ def _stored(prekey: SignedPublicPreKey) -> StoredPreKey:
 class RelaySession:
     """One connection's protocol state: waiting for ``Auth``, then authenticated."""
 
-    def __init__(self, ctx: RelayContext, nonce: bytes, client_ip: str) -> None:
+    def __init__(
+        self,
+        ctx: RelayContext,
+        nonce: bytes,
+        client_ip: str,
+        acks_deleted: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``acks_deleted``: the driver's wait for the deletions of earlier ``Ack``
+        frames (:meth:`delete_acked` runs in the background); every request but
+        ``Send`` and ``Ack`` is handled after it, so its answer shows them applied."""
         self._ctx = ctx
+        self._acks_deleted = acks_deleted
         self.nonce = nonce
         self.client_ip = client_ip
         self.user_id: str | None = None
@@ -409,6 +421,8 @@ class RelaySession:
             return await self._send(frame, data)
         if isinstance(frame, Ack):
             return await self._ack(frame)
+        if self._acks_deleted is not None:
+            await self._acks_deleted()
         if isinstance(frame, UploadPreKeys):
             return await self._upload(frame)
         if isinstance(frame, ClaimBundle):
@@ -456,15 +470,36 @@ class RelaySession:
             return Reply([Mismatch(frame.client_msg_id, users).to_bytes()])
         if not outcome.duplicate:
             ctx.metrics.messages_in.inc()
-        for target_user, target_device, seq in outcome.deliveries:
-            await ctx.notifier.notify(device_key(target_user, target_device), seq)
+        if outcome.deliveries:
+            # Committed: a recipient connected to this node and waiting, caught up,
+            # takes its copy at once instead of reading it back (hub.offer); the
+            # notification still goes out, for other nodes and for a busy recipient.
+            ciphertexts = {(u, d): ct for u, devices in frame.addressed for d, ct in devices}
+            at = outcome.accepted_at_ms
+            for target_user, target_device, seq in outcome.deliveries:
+                key = device_key(target_user, target_device)
+                ciphertext = ciphertexts[(target_user, target_device)]
+                ctx.hub.offer(key, QueuedMessage(seq, user_id, device_id, at, ciphertext))
+                await ctx.notifier.notify(key, seq)
         return Reply([accepted_frame(frame.client_msg_id, outcome.accepted_at_ms)])
 
     async def _ack(self, frame: Ack) -> Reply:
+        self._me()
+        return Reply(acked=frame.seqs)  # the driver deletes them: delete_acked
+
+    async def delete_acked(self, seqs: Sequence[int]) -> int:
+        """Delete acknowledged messages from this device's queue (the driver calls it
+        for one or several ``Ack`` frames, in the background); returns how many were
+        still queued.
+
+        Raises:
+            InvalidRequest: not authenticated.
+            StorageError: the database failed; nothing was deleted.
+        """
         user_id, device_id, _ = self._me()
-        removed = await self._ctx.storage.messages.ack(user_id, device_id, frame.seqs)
+        removed = await self._ctx.storage.messages.ack(user_id, device_id, seqs)
         self._ctx.metrics.acks.inc(removed)
-        return Reply(acked=frame.seqs)
+        return removed
 
     async def _upload(self, frame: UploadPreKeys) -> Reply:
         user_id, device_id, device = self._me()

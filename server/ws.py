@@ -29,7 +29,7 @@ from .context import RelayContext
 from .hub import control_key, takeover_key
 from .notify import Listener
 from .session import DeliveryWindow, RelaySession, Reply, deliver_frame
-from .storage.base import StorageError
+from .storage.base import QueuedMessage, StorageError
 
 __all__ = ["Connection", "routes"]
 
@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 _STORAGE_RETRY_SECONDS: Final = 1.0
 _DISCONNECTED: Final = -1
+_ACK_ATTEMPTS: Final = 5
+"""How often a failed deletion of acknowledged messages is tried before it is given up
+(the messages stay queued and come back on the device's next connection)."""
 
 
 class _Overflow(Exception):
@@ -50,7 +53,7 @@ class Connection:
         self._ctx = ctx
         self._ws = websocket
         ip = ctx.client_ip(websocket.client)
-        self.session = RelaySession(ctx, ctx.rng(limits.NONCE_SIZE), ip)
+        self.session = RelaySession(ctx, ctx.rng(limits.NONCE_SIZE), ip, self.acks_deleted)
         self._out: deque[tuple[bytes, int]] = deque()
         """Frames to write, with the delivery sequence (0: not a delivery)."""
         self._out_waiter: asyncio.Future[None] | None = None
@@ -70,6 +73,14 @@ class Connection:
         self._listeners: list[Listener] = []
         self._stamp = 0
         self._in_request = False
+        self._cursor = 0
+        """The last sequence written to the delivery queue (backlog or live)."""
+        self._live: Listener | None = None
+        """The device's news while the delivery task waits for it, caught up: a
+        message accepted meanwhile may be handed over directly (:meth:`offer`)."""
+        self._acks: list[int] = []
+        """Acknowledged sequences not yet deleted (by :meth:`_delete_acked`)."""
+        self._ack_task: asyncio.Task[None] | None = None
 
     # --- ConnectionHandle ---------------------------------------------------------------
 
@@ -87,6 +98,33 @@ class Connection:
     async def closed(self) -> None:
         """Wait until the connection has finished."""
         await self._done.wait()
+
+    async def acks_deleted(self) -> None:
+        """Wait (at most :data:`~server.limits.CLOSE_SECONDS`) until the deletion of
+        what this connection's device acknowledged so far has finished."""
+        task = self._ack_task
+        if task is not None:
+            await asyncio.wait({task}, timeout=limits.CLOSE_SECONDS)
+
+    def offer(self, message: QueuedMessage) -> bool:
+        """Deliver ``message``, just accepted (committed) for this device, without
+        reading it back from storage, if it is the next one in sequence and the
+        delivery task is caught up and waiting with room in the window. Otherwise
+        (``False``) the delivery task fetches it on the notification, as from
+        another node."""
+        news = self._live
+        if (
+            news is None
+            or message.seq != self._cursor + 1
+            or self._close is not None
+            or not self._window.has_room()
+        ):
+            return False
+        self._window.sent(message.seq, len(message.ciphertext))
+        self._enqueue(deliver_frame(message), message.seq)
+        self._cursor = message.seq
+        news.delivered(message.seq)
+        return True
 
     # --- the driver ---------------------------------------------------------------------
 
@@ -118,6 +156,7 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
             await self._stop_tasks()
+            await self._finish_acks()
             for listener in self._listeners:
                 with contextlib.suppress(Exception):
                     await listener.aclose()
@@ -291,6 +330,7 @@ class Connection:
         if reply.acked:
             self._window.acked(reply.acked)
             self._window_open.set()
+            await self._acknowledged(reply.acked)
         if reply.close is not None:
             self.close_soon(*reply.close)
             return
@@ -305,6 +345,7 @@ class Connection:
             return
         ctx.metrics.authenticated.inc()
         self._stamp = ctx.hub.next_stamp(ctx.now_ms())
+        previous = ctx.hub.get(session.key)
         try:
             # Listen before reading the backlog, so nothing stored meanwhile is missed.
             news = await ctx.notifier.listen(session.key)
@@ -315,6 +356,10 @@ class Connection:
             self._listeners.append(control)
             ctx.hub.attach(session.key, self)
             await ctx.notifier.notify(takeover_key(user_id, device_id), self._stamp)
+            if previous is not None:
+                # What the device acknowledged on its previous connection is deleted
+                # before the backlog is read, so it is not delivered again.
+                await previous.acks_deleted()
         except Exception:
             logger.warning("could not listen for a device's news", exc_info=True)
             self.close_soon(CloseCode.TRY_AGAIN_LATER, "try again later")
@@ -322,6 +367,55 @@ class Connection:
         self._tasks.append(asyncio.create_task(self._deliver_loop(news), name="e2ee-ws-deliver"))
         self._tasks.append(asyncio.create_task(self._takeover_loop(takeover), name="e2ee-ws-take"))
         self._tasks.append(asyncio.create_task(self._control_loop(control), name="e2ee-ws-ctl"))
+
+    # --- acknowledgements ---------------------------------------------------------------
+
+    async def _acknowledged(self, seqs: tuple[int, ...]) -> None:
+        """Delete acknowledged messages in the background: an ``Ack`` has no answer, so
+        the next frame need not wait for the deletion's commit, and the ``Ack`` frames
+        arriving meanwhile are deleted together. Past
+        :data:`~server.limits.ACK_BACKLOG` pending sequences the reader waits for the
+        deletion in progress (memory stays bounded)."""
+        self._acks.extend(seqs)
+        task = self._ack_task
+        if task is None:
+            self._ack_task = asyncio.create_task(self._delete_acked(), name="e2ee-ws-ack")
+        elif len(self._acks) > limits.ACK_BACKLOG:
+            await asyncio.wait({task})
+
+    async def _delete_acked(self) -> None:
+        failures = 0
+        try:
+            while self._acks:
+                seqs, self._acks = self._acks, []
+                try:
+                    await self.session.delete_acked(seqs)
+                    failures = 0
+                except StorageError:
+                    failures += 1
+                    if failures >= _ACK_ATTEMPTS:
+                        logger.warning(
+                            "gave up deleting %d acknowledged messages; they stay queued",
+                            len(seqs),
+                        )
+                        failures = 0
+                        continue
+                    logger.warning("deleting acknowledged messages failed; retrying")
+                    self._acks[:0] = seqs
+                    await asyncio.sleep(_STORAGE_RETRY_SECONDS)
+        finally:
+            self._ack_task = None
+
+    async def _finish_acks(self) -> None:
+        """Let the deletion of what was acknowledged finish (bounded) as the connection
+        ends, so a reconnecting device is not sent it again."""
+        task = self._ack_task
+        if task is not None:
+            await asyncio.wait({task}, timeout=limits.CLOSE_SECONDS)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # --- delivery -----------------------------------------------------------------------
 
@@ -331,7 +425,6 @@ class Connection:
         user_id, device_id = self.session.user_id, self.session.device_id
         if user_id is None or device_id is None:  # pragma: no cover - authenticated
             return
-        cursor = 0
         seen = 0
         caught_up = False
         try:
@@ -340,7 +433,7 @@ class Connection:
             while True:
                 try:
                     batch = await ctx.storage.messages.fetch(
-                        user_id, device_id, cursor, limits.FETCH_BATCH, ctx.now_ms()
+                        user_id, device_id, self._cursor, limits.FETCH_BATCH, ctx.now_ms()
                     )
                 except StorageError:
                     logger.warning("delivery fetch failed; retrying", exc_info=True)
@@ -351,13 +444,17 @@ class Connection:
                         await self._wait_window()
                     self._window.sent(message.seq, len(message.ciphertext))
                     self._enqueue(deliver_frame(message), message.seq)
-                    cursor = message.seq
+                    self._cursor = message.seq
                 if len(batch) == limits.FETCH_BATCH:
                     continue
                 if not caught_up:
                     caught_up = True
                     self._enqueue(CaughtUp().to_bytes())
-                latest = await news.wait(max(cursor, seen), limits.IDLE_RECHECK_SECONDS)
+                self._live = news
+                try:
+                    latest = await news.wait(max(self._cursor, seen), limits.IDLE_RECHECK_SECONDS)
+                finally:
+                    self._live = None
                 if latest is not None:
                     seen = latest
         except _Overflow:

@@ -19,7 +19,9 @@ from e2ee.relay_frames import (
     KeyStatus,
     Mismatch,
 )
+from server import ws
 from server.limits import DELIVERY_WINDOW
+from server.storage.base import StorageUnavailable
 from tests.server.pg import pg_url
 from tests.server.relay_client import WAIT, RunningRelay
 from tests.server.relay_fixtures import memory_relay, relay
@@ -190,5 +192,198 @@ async def test_delivery_window_holds_back_until_acks(memory_relay: RunningRelay)
     _, rest = await b.recv_until(CaughtUp)
     got = [int.from_bytes(f.ciphertext, "big") for f in first + rest if isinstance(f, Deliver)]
     assert got == list(range(total))
+    await a.close()
+    await b.close()
+
+
+# --- live hand-over and background acknowledgements -------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_live_messages_are_handed_over_without_reading_them_back(
+    relay: RunningRelay,
+) -> None:
+    """A recipient waiting, caught up, gets each message accepted on this node straight
+    from the send (no fetch per message), in order; with its window full the rest are
+    read from the queue as before, in the same order."""
+    client = relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    b = await client.connect(bob)
+    await a.expect(CaughtUp)
+    await b.expect(CaughtUp)
+    messages = relay.ctx.storage.messages
+    fetches = 0
+    original = messages.fetch
+
+    async def counting_fetch(*args: object, **kwargs: object) -> object:
+        nonlocal fetches
+        fetches += 1
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    messages.fetch = counting_fetch  # type: ignore[assignment,method-assign]
+    try:
+        for i in range(20):
+            await a.send_message(msg_id(), [(bob.user_id, [(1001, b"live%d" % i)])])
+            await a.expect(Accepted)
+            got = await b.expect(Deliver)
+            assert got.ciphertext == b"live%d" % i
+            await b.ack([got.seq])
+        assert fetches == 0
+        # A full window: the hand-over declines and the queue is read instead.
+        total = DELIVERY_WINDOW + 5
+        for i in range(total):
+            await a.send_message(msg_id(), [(bob.user_id, [(1001, i.to_bytes(2, "big"))])])
+            await a.expect(Accepted)
+        first = [await b.expect(Deliver) for _ in range(DELIVERY_WINDOW)]
+        await b.ack([f.seq for f in first])
+        rest = [await b.expect(Deliver) for _ in range(5)]
+        got_all = [int.from_bytes(f.ciphertext, "big") for f in first + rest]
+        assert got_all == list(range(total))
+        seqs = [f.seq for f in first + rest]
+        assert seqs == sorted(seqs) and len(set(seqs)) == total
+        assert fetches >= 1
+    finally:
+        messages.fetch = original  # type: ignore[method-assign]
+    await a.close()
+    await b.close()
+
+
+class _GatedAck:
+    """Wraps the store's ``ack``: records each call's sequences and holds every call
+    until :attr:`gate` is set."""
+
+    def __init__(self, relay: RunningRelay) -> None:
+        self.messages = relay.ctx.storage.messages
+        self.original = self.messages.ack
+        self.calls: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def ack(self, user_id: str, device_id: int, seqs: list[int]) -> int:
+        self.calls.append(sorted(seqs))
+        self.entered.set()
+        await self.gate.wait()
+        return await self.original(user_id, device_id, seqs)
+
+    def __enter__(self) -> _GatedAck:
+        self.messages.ack = self.ack  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.messages.ack = self.original  # type: ignore[method-assign]
+
+
+@pytest.mark.asyncio
+async def test_acks_are_deleted_together_and_a_later_request_waits_for_them(
+    memory_relay: RunningRelay,
+) -> None:
+    client = memory_relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    for i in range(6):
+        await a.send_message(msg_id(), [(bob.user_id, [(1001, b"m%d" % i)])])
+        await a.expect(Accepted)
+    b = await client.connect(bob)
+    _, delivered = await b.recv_until(CaughtUp)
+    seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
+    with _GatedAck(memory_relay) as gated:
+        await b.ack(seqs[:1])
+        async with asyncio.timeout(WAIT):
+            await gated.entered.wait()
+        # While the first deletion is held, two more Acks arrive: one deletion later.
+        await b.ack(seqs[1:3])
+        await b.ack(seqs[3:])
+        await b.send(KeyCheck(b.next_req()))
+        # The KeyCheck is answered only after the deletions before it committed.
+        with pytest.raises(TimeoutError):
+            await b.recv(0.3)
+        gated.gate.set()
+        await b.expect(KeyStatus)
+        assert gated.calls == [seqs[:1], seqs[1:]]
+    assert await memory_relay.ctx.storage.messages.depth(bob.user_id, 1001) == 0
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_a_new_connection_reads_its_backlog_after_the_old_ones_acks(
+    memory_relay: RunningRelay,
+) -> None:
+    client = memory_relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    for i in range(3):
+        await a.send_message(msg_id(), [(bob.user_id, [(1001, b"m%d" % i)])])
+        await a.expect(Accepted)
+    b = await client.connect(bob)
+    _, delivered = await b.recv_until(CaughtUp)
+    seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
+    with _GatedAck(memory_relay) as gated:
+        await b.ack(seqs)
+        async with asyncio.timeout(WAIT):
+            await gated.entered.wait()
+        b2 = await client.connect(bob)  # takes over while the deletion is held
+        with pytest.raises(TimeoutError):
+            await b2.recv(0.3)
+        gated.gate.set()
+        _, again = await b2.recv_until(CaughtUp)
+        assert [f for f in again if isinstance(f, Deliver)] == []
+    await a.close()
+    await b2.close()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_ack_deletion_is_retried_then_given_up(
+    memory_relay: RunningRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws, "_STORAGE_RETRY_SECONDS", 0.01)
+    client = memory_relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    for i in range(2):
+        await a.send_message(msg_id(), [(bob.user_id, [(1001, b"m%d" % i)])])
+        await a.expect(Accepted)
+    messages = memory_relay.ctx.storage.messages
+    original = messages.ack
+    failures = {"left": 2, "calls": 0}
+
+    async def flaky_ack(user_id: str, device_id: int, seqs: list[int]) -> int:
+        failures["calls"] += 1
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise StorageUnavailable("down")
+        return await original(user_id, device_id, seqs)
+
+    messages.ack = flaky_ack  # type: ignore[method-assign,assignment]
+    try:
+        b = await client.connect(bob)
+        _, delivered = await b.recv_until(CaughtUp)
+        seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
+        # Two failures, then the retry deletes the first.
+        await b.ack(seqs[:1])
+        await _queue_depth_becomes(memory_relay, bob.user_id, 1001, 1)
+        assert failures["calls"] == 3
+        # Failing for good: given up after five attempts; the message stays queued and
+        # comes back on the next connection (at least once).
+        failures["left"] = 10**6
+        await b.ack(seqs[1:])
+        await b.send(KeyCheck(b.next_req()))
+        await b.expect(KeyStatus)
+        assert failures["calls"] == 3 + 5
+        assert await messages.depth(bob.user_id, 1001) == 1
+    finally:
+        messages.ack = original  # type: ignore[method-assign]
+    await b.close()
+    b = await client.connect(bob)
+    _, again = await b.recv_until(CaughtUp)
+    assert [f.seq for f in again if isinstance(f, Deliver)] == seqs[1:]
     await a.close()
     await b.close()
