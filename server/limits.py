@@ -50,6 +50,8 @@ __all__ = [
     "RATE_LIMITER_KEYS",
     "RATE_REGISTRATION",
     "RATE_SEND",
+    "SENDS_IN_FLIGHT",
+    "SENDS_IN_FLIGHT_BYTES",
     "SHARE_MAX_VIEWS",
     "SHARE_MAX_WRONG_PROOFS",
     "SHUTDOWN_CLOSE_SECONDS",
@@ -89,6 +91,13 @@ ACK_BACKLOG: Final = 4 * DELIVERY_WINDOW
 """Acknowledged sequences per connection waiting to be deleted (the deletions of
 ``Ack`` frames that arrive while one is in progress are done together). Past it the
 connection reads no further frame until the deletion in progress has finished."""
+SENDS_IN_FLIGHT: Final = 32
+"""Sends one connection may have being stored at once (on a store that accepts them in
+the order they arrive): the reader reads on while they wait for their group commit,
+up to this many and :data:`SENDS_IN_FLIGHT_BYTES`."""
+SENDS_IN_FLIGHT_BYTES: Final = 2 * MAX_FRAME
+"""Frame bytes of the sends one connection may have being stored at once (big sends
+are stored nearly one at a time: the relay's memory per connection stays bounded)."""
 CLOSE_SECONDS: Final = 10.0
 """How long a close frame may wait to be written before the connection is dropped."""
 SHUTDOWN_CLOSE_SECONDS: Final = 5.0

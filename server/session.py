@@ -289,17 +289,33 @@ class RelaySession:
             raise InvalidRequest("not authenticated")
         return self._key
 
-    async def receive(self, data: bytes) -> Reply:
-        """Handle one client frame (never raises: every refusal is in the reply)."""
+    def parse(self, data: bytes) -> ClientFrame | Reply:
+        """Check one client frame's size and the frame rate, and decode it: the frame
+        (for :meth:`handle`), or the refusal to answer with."""
         if len(data) > limits.MAX_FRAME:
             return self._refuse_close(TooLarge("frame", limits.MAX_FRAME))
         if not self._frames.allow(""):
             self._ctx.metrics.refused(ErrorCode.RATE_LIMITED.name.lower())
             return Reply(close=(CloseCode.RATE_LIMITED, "too many frames"))
         try:
-            frame = decode_client_frame(data)
+            return decode_client_frame(data)
         except (UnknownFrameType, DecodeError) as exc:
             return self._bad_frame(exc)
+
+    def pipelines(self, frame: ClientFrame) -> bool:
+        """Whether ``frame`` may be handled while the connection's earlier sends are
+        still being stored: a ``Send`` of an authenticated device when the store
+        accepts sends in the order they were started (their answers are written in
+        order all the same)."""
+        return (
+            type(frame) is Send
+            and self.device is not None
+            and self._ctx.storage.messages.accepts_in_order
+        )
+
+    async def handle(self, frame: ClientFrame, data: bytes) -> Reply:
+        """Answer a frame :meth:`parse` decoded from ``data`` (never raises: every
+        refusal is in the reply)."""
         if isinstance(frame, Auth):
             return await self._auth(frame)
         if not self.authenticated:

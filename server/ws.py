@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Final
+from collections.abc import Coroutine
+from typing import Any, Final
 
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from e2ee.relay_frames import CaughtUp, CloseCode, Error, ErrorCode
+from e2ee.relay_frames import Ack, CaughtUp, CloseCode, Error, ErrorCode
 
 from . import limits
 from .context import RelayContext
@@ -78,6 +79,11 @@ class Connection:
         self._live: Listener | None = None
         """The device's news while the delivery task waits for it, caught up: a
         message accepted meanwhile may be handed over directly (:meth:`offer`)."""
+        self._sends: deque[tuple[asyncio.Task[Reply], int]] = deque()
+        """Sends being stored, in the order they arrived, with their frame sizes
+        (:meth:`_start_send`)."""
+        self._send_bytes = 0
+        """The frame bytes of :attr:`_sends`."""
         self._acks: list[int] = []
         """Acknowledged sequences not yet deleted (by :meth:`_delete_acked`)."""
         self._ack_task: asyncio.Task[None] | None = None
@@ -149,6 +155,8 @@ class Connection:
                 # Let a request already being processed (a Send being committed) finish
                 # and answer, bounded, rather than cancel it midway.
                 await asyncio.wait({reader}, timeout=limits.CLOSE_SECONDS)
+            if self._sends:
+                await self._sends_done(limits.CLOSE_SECONDS)
             await self._stop_tasks()
             await self._finish(sender)
         finally:
@@ -156,6 +164,7 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
             await self._stop_tasks()
+            await self._cancel_sends()
             await self._finish_acks()
             for listener in self._listeners:
                 with contextlib.suppress(Exception):
@@ -295,6 +304,7 @@ class Connection:
     # --- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        session = self.session
         try:
             while True:
                 message = await self._ws.receive()
@@ -303,14 +313,27 @@ class Connection:
                     self.close_soon(CloseCode.NORMAL, "")
                     return
                 data = message.get("bytes")
-                if data is None:
-                    reply = self._text_frame()
+                frame = self._text_frame() if data is None else session.parse(data)
+                if isinstance(frame, Reply):
+                    reply = frame
+                elif session.pipelines(frame):
+                    self._start_send(session.handle(frame, data or b""), len(data or b""))
+                    while self._sends and (
+                        len(self._sends) >= limits.SENDS_IN_FLIGHT
+                        or self._send_bytes >= limits.SENDS_IN_FLIGHT_BYTES
+                    ):
+                        await asyncio.wait({self._sends[0][0]})
+                    continue
                 else:
+                    if self._sends and type(frame) is not Ack:
+                        await self._sends_done()  # answers stay in order
                     self._in_request = True
                     try:
-                        reply = await self.session.receive(data)
+                        reply = await session.handle(frame, data or b"")
                     finally:
                         self._in_request = False
+                if reply.frames and self._sends:
+                    await self._sends_done()  # answers stay in order
                 await self._apply(reply)
                 if self._close is not None:
                     return
@@ -319,6 +342,32 @@ class Connection:
         except Exception:
             logger.warning("connection reader failed", exc_info=True)
             self.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _start_send(self, handling: Coroutine[Any, Any, Reply], size: int) -> None:
+        """Store a send without waiting for its commit: the reader goes on with the
+        next frame, so a connection's sends share group commits. Answers are queued
+        in arrival order by :meth:`_send_done`."""
+        task = asyncio.get_running_loop().create_task(handling)
+        self._sends.append((task, size))
+        self._send_bytes += size
+        task.add_done_callback(self._send_done)
+
+    async def _sends_done(self, timeout: float | None = None) -> None:
+        """Wait until every send in flight is answered (at most ``timeout`` s)."""
+        await asyncio.wait({task for task, _ in self._sends}, timeout=timeout)
+
+    def _send_done(self, _task: asyncio.Task[Reply]) -> None:
+        sends = self._sends
+        while sends and sends[0][0].done():
+            task, size = sends.popleft()
+            self._send_bytes -= size
+            if task.cancelled():
+                continue
+            reply = task.result()  # handle() never raises
+            for frame in reply.frames:
+                self._enqueue(frame)
+            if reply.close is not None:
+                self.close_soon(*reply.close)
 
     def _text_frame(self) -> Reply:
         self._ctx.metrics.refused(ErrorCode.MALFORMED.name.lower())
@@ -405,6 +454,18 @@ class Connection:
                     await asyncio.sleep(_STORAGE_RETRY_SECONDS)
         finally:
             self._ack_task = None
+
+    async def _cancel_sends(self) -> None:
+        """Cancel the sends still being stored (after :meth:`run` waited for them,
+        bounded): a send stored anyway is answered to the client's retry."""
+        sends = [task for task, _ in self._sends]
+        for task in sends:
+            task.cancel()
+        for task in sends:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._sends.clear()
+        self._send_bytes = 0
 
     async def _finish_acks(self) -> None:
         """Let the deletion of what was acknowledged finish (bounded) as the connection

@@ -433,6 +433,13 @@ class PreKeyStore(Protocol):
 class MessageStore(Protocol):
     """Per-device FIFO queues of ciphertext and the idempotency records of sends."""
 
+    @property
+    def accepts_in_order(self) -> bool:
+        """Whether :meth:`accept` calls started one after the other (without awaiting
+        the first) are accepted in that order (a single writer), so one connection
+        may have several sends in flight."""
+        ...
+
     async def accept(
         self,
         sender_user: str,

@@ -337,6 +337,11 @@ class MemoryMessageStore:
     def __init__(self, state: _State) -> None:
         self._s = state
 
+    @property
+    def accepts_in_order(self) -> bool:
+        """``True``: every call runs to completion before the next starts."""
+        return True
+
     async def accept(
         self,
         sender_user: str,

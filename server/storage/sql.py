@@ -572,9 +572,16 @@ class SqlMessageStore:
     ) -> None:
         self._r = runner
         self._pg = pg_hot
+        self._in_order = pg_hot is None and isinstance(runner, SqliteRunner)
         self._accept = hot.accept if sqlite_hot else ops.accept
         self._fetch = hot.fetch if sqlite_hot else ops.fetch
         self._ack = hot.ack if sqlite_hot else ops.ack
+
+    @property
+    def accepts_in_order(self) -> bool:
+        """``True`` on SQLite (one writer queue, run in order); on PostgreSQL
+        concurrent sends commit on separate connections in any order."""
+        return self._in_order
 
     async def accept(
         self,
