@@ -387,3 +387,121 @@ async def test_a_failed_ack_deletion_is_retried_then_given_up(
     assert [f.seq for f in again if isinstance(f, Deliver)] == seqs[1:]
     await a.close()
     await b.close()
+
+
+# --- sends in flight ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_which_stores_take_sends_in_flight(relay: RunningRelay) -> None:
+    """Several sends of one connection are stored at once only where the store accepts
+    them in the order they were started (one writer); on PostgreSQL they run one after
+    the other (concurrent transactions would commit in any order)."""
+    on_postgres = relay.ctx.settings.database_url.startswith("postgresql")
+    assert relay.ctx.storage.messages.accepts_in_order is not on_postgres
+
+
+@pytest.mark.asyncio
+async def test_sends_in_flight_are_answered_and_delivered_in_order(relay: RunningRelay) -> None:
+    """100 sends written without waiting, a refused one among them: the answers come
+    in the order of the sends (the refusal in its place), the deliveries in the same
+    order, and a request after them is answered after all of them."""
+    client = relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    b = await client.connect(bob)
+    await a.expect(CaughtUp)
+    await b.expect(CaughtUp)
+    ids = [msg_id() for _ in range(100)]
+    refused = 37
+    for i, mid in enumerate(ids):
+        device = 999 if i == refused else 1001  # bob has no device 999: a mismatch
+        await a.send_message(mid, [(bob.user_id, [(device, b"p%d" % i)])])
+    await a.send(KeyCheck(a.next_req()))
+    answers = [await a.recv() for _ in range(len(ids) + 1)]
+    assert [type(f) for f in answers[:-1]] == [
+        Mismatch if i == refused else Accepted for i in range(len(ids))
+    ]
+    assert [f.client_msg_id for f in answers[:-1]] == ids  # type: ignore[union-attr]
+    assert isinstance(answers[-1], KeyStatus)
+    delivered = [await b.expect(Deliver) for _ in range(len(ids) - 1)]
+    assert [f.ciphertext for f in delivered] == [
+        b"p%d" % i for i in range(len(ids)) if i != refused
+    ]
+    seqs = [f.seq for f in delivered]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_sends_in_flight_when_the_socket_closes_are_stored_once(
+    relay: RunningRelay,
+) -> None:
+    """A client writes 60 sends and drops the socket at once: after reconnecting and
+    sending them all again with the same ids, each is accepted and delivered once."""
+    client = relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    ids = [msg_id() for _ in range(60)]
+    for i, mid in enumerate(ids):
+        await a.send_message(mid, [(bob.user_id, [(1001, b"c%d" % i)])])
+    await a.ws.close()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    for i, mid in enumerate(ids):
+        await a.send_message(mid, [(bob.user_id, [(1001, b"c%d" % i)])])
+    answers = [await a.expect(Accepted) for _ in ids]
+    assert [f.client_msg_id for f in answers] == ids
+    b = await client.connect(bob)
+    _, delivered = await b.recv_until(CaughtUp)
+    texts = [f.ciphertext for f in delivered if isinstance(f, Deliver)]
+    assert sorted(texts) == sorted(b"c%d" % i for i in range(60))
+    assert len(texts) == 60
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_the_reader_goes_on_while_a_send_is_stored_and_answers_wait_their_turn(
+    memory_relay: RunningRelay,
+) -> None:
+    """The first send's storage is held: the relay still reads and starts the next
+    four (up to ``SENDS_IN_FLIGHT``), which finish first, yet no answer is written
+    before the first one's, and then all five in order."""
+    client = memory_relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    messages = memory_relay.ctx.storage.messages
+    original = messages.accept
+    gate = asyncio.Event()
+    calls = 0
+
+    async def gated_accept(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+        return await original(*args)  # type: ignore[arg-type]
+
+    messages.accept = gated_accept  # type: ignore[method-assign,assignment]
+    try:
+        ids = [msg_id() for _ in range(5)]
+        for mid in ids:
+            await a.send_message(mid, [(bob.user_id, [(1001, mid)])])
+        async with asyncio.timeout(WAIT):
+            while calls < len(ids):
+                await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            await a.recv(0.3)
+        gate.set()
+        answers = [await a.expect(Accepted) for _ in ids]
+        assert [f.client_msg_id for f in answers] == ids
+    finally:
+        messages.accept = original  # type: ignore[method-assign]
+    await a.close()
