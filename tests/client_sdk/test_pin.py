@@ -24,7 +24,7 @@ import pytest_asyncio
 from client_sdk.client import Client
 from client_sdk.errors import PinMismatch
 from e2ee.primitives import spki_sha256
-from e2ee.relay_frames import decode_client_frame
+from e2ee.relay_frames import ClientFrame, decode_client_frame
 from server.session import RelaySession, Reply
 from tests.server.relay_client import ORIGIN, RunningRelay, relay_settings, running_relay
 from tests.server.test_relay_tls import _self_signed
@@ -53,16 +53,16 @@ async def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     )
     async with running_relay(settings) as relay:
         state = TlsRelay(relay, context, spki_sha256(der), spki_sha256(other_der))
-        original = RelaySession.receive
+        original = RelaySession.parse
 
-        async def spy(self: RelaySession, data: bytes) -> Reply:
+        def spy(self: RelaySession, data: bytes) -> ClientFrame | Reply:
             try:
                 state.frames.append(type(decode_client_frame(data)).__name__)
             except Exception:
                 state.frames.append("undecodable")
-            return await original(self, data)
+            return original(self, data)
 
-        monkeypatch.setattr(RelaySession, "receive", spy)
+        monkeypatch.setattr(RelaySession, "parse", spy)
         yield state
 
 
