@@ -20,6 +20,19 @@ caches it. The connections are a small pool of their own (:class:`HotPool`), wit
 same session settings as the SQLAlchemy engine's (``synchronous_commit`` on,
 ``enable_seqscan`` off, the application name, the statement timeout).
 
+**Group commit.** Accepts and acks do not run one statement per call: a single writer
+task per relay process queues them and runs everything queued as one pipelined
+``fetchmany`` (one Bind/Execute per call, one Sync: one implicit transaction, one
+commit, one round trip), one batch after the other. Under load a batch holds many
+sends, so PostgreSQL commits (and the relay pays a round trip) once per batch rather
+than once per message, and calls are accepted in the order they were queued
+(:attr:`PgHot.accepts_in_order`). A batch that fails as a whole on a server error (a
+lost race, a constraint) is rolled back by PostgreSQL and its calls are run again one
+by one, so one bad call fails alone; a connection lost mid-batch fails every call of
+it with :class:`~server.storage.base.StorageUnavailable` (as for a single statement,
+the commit may or may not have happened: a send retried with its id answers the
+original acceptance).
+
 Errors as in :class:`server.storage.sql.PostgresRunner`: a lost race (serialization
 failure, deadlock, a unique violation from a concurrent insert of the same key) runs
 the statement again, at most :data:`~server.storage.sql.PG_ATTEMPTS` times; any other
@@ -30,8 +43,10 @@ names the error's type and the server's one-line reason, never a parameter.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 import asyncpg  # asyncpg ships no type information
 
@@ -49,7 +64,9 @@ from .base import (
 )
 from .memory import check_addressed
 
-__all__ = ["ACCEPT_OUTCOMES", "HotPool", "PgHot"]
+__all__ = ["ACCEPT_OUTCOMES", "MAX_BATCH", "HotPool", "PgHot"]
+
+log = logging.getLogger(__name__)
 
 ACCEPT_OUTCOMES = {
     1: "accepted",
@@ -62,6 +79,11 @@ ACCEPT_OUTCOMES = {
 """``relay_accept``'s status codes (``o_status``)."""
 
 _ACCEPT = "SELECT * FROM relay_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_ACCEPT_BATCH = (
+    "SELECT $12::integer AS i, r.* FROM relay_accept($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+    " $10, $11) r"
+)
+"""``_ACCEPT`` with the call's index in its batch first (``fetchmany`` flattens rows)."""
 _FETCH = (
     "SELECT seq, sender_user, sender_device, accepted_at_ms, ciphertext FROM message_queue"
     " WHERE user_id = $1 AND device_id = $2 AND seq > $3 AND expires_at_ms > $4"
@@ -79,6 +101,19 @@ _ACK = (
 )
 """Delete the acknowledged entries and uncount them in one statement (the ``devices``
 row is locked after the queue rows, as the purge does)."""
+_ACK_BATCH = (
+    "WITH gone AS ("
+    " DELETE FROM message_queue"
+    " WHERE user_id = $1 AND device_id = $2 AND seq = ANY($3::bigint[]) RETURNING seq"
+    "), n AS (SELECT count(*) AS n FROM gone),"
+    " uncount AS ("
+    " UPDATE devices SET queued = queued - n.n FROM n"
+    " WHERE user_id = $1 AND device_id = $2 AND n.n > 0"
+    ") SELECT $4::integer AS i, n FROM n"
+)
+"""``_ACK`` with the call's index in its batch first."""
+MAX_BATCH: Final = 256
+"""Calls in one group commit at most (the rest wait for the next)."""
 _DEPTH = "SELECT queued FROM devices WHERE user_id = $1 AND device_id = $2"
 _DEVICE = "SELECT signing_pk, x25519_ik, pq FROM devices WHERE user_id = $1 AND device_id = $2"
 
@@ -107,6 +142,8 @@ class _Connection(Protocol):
     """The part of ``asyncpg.Connection`` this module uses."""
 
     async def fetch(self, query: str, *args: object) -> list[Any]: ...
+
+    async def fetchmany(self, query: str, args: list[tuple[Any, ...]]) -> list[Any]: ...
 
     async def close(self, *, timeout: float | None = None) -> None: ...
 
@@ -182,6 +219,12 @@ class HotPool:
                 conn.terminate()
 
 
+def _fail(calls: list[_Call], error: StorageUnavailable) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_exception(error)
+
+
 def _unavailable(exc: BaseException) -> StorageUnavailable:
     """The typed error for a driver failure: the type and the first line of the
     message (a server message; ``DETAIL`` lines, which may quote a row, are dropped;
@@ -194,12 +237,118 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
     return StorageUnavailable(type(exc).__name__)
 
 
+@dataclass(slots=True)
+class _Call:
+    """One queued accept or ack: its statement (single and batched form), arguments
+    and the caller's future (its rows)."""
+
+    single: str
+    batched: str
+    args: tuple[Any, ...]
+    future: asyncio.Future[list[Any]]
+
+
 class PgHot:
-    """The hot operations on PostgreSQL over a :class:`HotPool`."""
+    """The hot operations on PostgreSQL over a :class:`HotPool`; accepts and acks by
+    group commit (module docstring)."""
 
     def __init__(self, pool: HotPool, attempts: int) -> None:
         self._pool = pool
         self._attempts = attempts
+        self._queue: list[_Call] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def accepts_in_order(self) -> bool:
+        """``True``: one writer runs the queued accepts in order, batch after batch."""
+        return True
+
+    async def _write(self, single: str, batched: str, *args: Any) -> list[Any]:
+        """Queue one call for the next group commit; its rows once committed.
+
+        Raises:
+            StorageUnavailable: the database failed (or the storage is closing).
+        """
+        if self._closing:
+            raise StorageUnavailable("the storage is closed")
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_loop(), name="e2ee-pg-writer")
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append(_Call(single, batched, args, future))
+        self._wake.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        wake = self._wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            while self._queue:
+                batch = [c for c in self._queue[:MAX_BATCH] if not c.future.cancelled()]
+                del self._queue[:MAX_BATCH]
+                if batch:
+                    await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[_Call]) -> None:
+        """Run ``batch`` (accepts first, then acks, each kind one pipelined
+        ``fetchmany``: one transaction) and answer every caller; never raises."""
+        try:
+            for kind in (_ACCEPT_BATCH, _ACK_BATCH):
+                calls = [c for c in batch if c.batched == kind]
+                if calls:
+                    await self._commit_kind(kind, calls)
+        except Exception as exc:  # a bug: never leave a caller waiting forever
+            log.exception("PostgreSQL writer failed")
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(StorageUnavailable(type(exc).__name__))
+
+    async def _commit_kind(self, kind: str, calls: list[_Call]) -> None:
+        try:
+            conn = await self._pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            _fail(calls, _unavailable(exc))
+            return
+        except StorageUnavailable as exc:
+            _fail(calls, exc)
+            return
+        reusable = False
+        rows: list[Any] | None = None
+        try:
+            rows = await conn.fetchmany(kind, [(*c.args, i) for i, c in enumerate(calls)])
+            reusable = True
+        except asyncpg.PostgresError as exc:
+            if conn.is_closed():  # the server ended the session (terminated, shut down)
+                _fail(calls, _unavailable(exc))
+                return
+            reusable = True  # rolled back as a whole: run the calls one by one below
+        except _DRIVER_ERRORS as exc:
+            _fail(calls, _unavailable(exc))
+            return
+        finally:
+            self._pool.release(conn, reusable=reusable)
+        if rows is not None:
+            answers: list[list[Any]] = [[] for _ in calls]
+            for row in rows:
+                answers[row[0]].append(tuple(row)[1:])
+            for call, answer in zip(calls, answers, strict=True):
+                if not call.future.done():
+                    call.future.set_result(answer)
+            return
+        for call in calls:  # one by one, in order: a bad call fails alone
+            try:
+                answer = await self._fetch(call.single, *call.args)
+            except StorageUnavailable as exc:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+            else:
+                if not call.future.done():
+                    call.future.set_result(answer)
 
     async def _fetch(self, query: str, *args: object) -> list[Any]:
         """Run one statement (its own transaction), re-running it after a lost race.
@@ -264,8 +413,9 @@ class PgHot:
                 tu.append(user_id)
                 td.append(device_id)
                 tct.append(ciphertext)
-        rows = await self._fetch(
+        rows = await self._write(
             _ACCEPT,
+            _ACCEPT_BATCH,
             sender_user,
             sender_device,
             client_msg_id,
@@ -321,7 +471,7 @@ class PgHot:
         unique = sorted(set(seqs))
         if not unique:
             return 0
-        rows = await self._fetch(_ACK, user_id, device_id, unique)
+        rows = await self._write(_ACK, _ACK_BATCH, user_id, device_id, unique)
         gone: int = rows[0][0]
         return gone
 
@@ -348,5 +498,9 @@ class PgHot:
         return DeviceRecord(user_id, device_id, signing_pk, x25519_ik, bool(pq))
 
     async def aclose(self) -> None:
-        """Close the pool's connections."""
+        """Finish the queued accepts and acks, then close the pool's connections."""
+        self._closing = True
+        if self._writer is not None:
+            self._wake.set()
+            await self._writer
         await self._pool.aclose()

@@ -572,15 +572,17 @@ class SqlMessageStore:
     ) -> None:
         self._r = runner
         self._pg = pg_hot
-        self._in_order = pg_hot is None and isinstance(runner, SqliteRunner)
+        self._in_order = (
+            pg_hot.accepts_in_order if pg_hot is not None else isinstance(runner, SqliteRunner)
+        )
         self._accept = hot.accept if sqlite_hot else ops.accept
         self._fetch = hot.fetch if sqlite_hot else ops.fetch
         self._ack = hot.ack if sqlite_hot else ops.ack
 
     @property
     def accepts_in_order(self) -> bool:
-        """``True`` on SQLite (one writer queue, run in order); on PostgreSQL
-        concurrent sends commit on separate connections in any order."""
+        """``True`` on SQLite and on PostgreSQL's hot path: one writer runs the queued
+        accepts in order (group commit)."""
         return self._in_order
 
     async def accept(

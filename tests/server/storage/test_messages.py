@@ -221,3 +221,25 @@ async def test_concurrent_sends_get_distinct_increasing_numbers(people: Storage)
     assert [m.seq for m in queue] == seqs
     by_seq = {r.deliveries[0][2]: i for i, r in enumerate(results) if isinstance(r, Acceptance)}
     assert all(m.ciphertext == b"%d" % by_seq[m.seq] for m in queue)
+
+
+async def test_sends_started_in_order_are_accepted_in_that_order(people: Storage) -> None:
+    """``accepts_in_order``: sends started one after the other without awaiting (as a
+    connection with several in flight does) are numbered in that order, also across
+    group commits (300 calls: more than one PostgreSQL batch of ``MAX_BATCH``), and an
+    ack queued among them is applied."""
+    s = people
+    assert s.messages.accepts_in_order
+    tasks = [
+        asyncio.create_task(
+            send(s, b"o%d" % i, [("bob", [(10, b"%d" % i), (11, b"")]), ("alice", [(2, b"")])])
+        )
+        for i in range(300)
+    ]
+    acked = asyncio.create_task(s.messages.ack("bob", 11, [1, 2, 3]))
+    results = await asyncio.gather(*tasks)
+    assert [r.deliveries[0][2] for r in results if isinstance(r, Acceptance)] == list(range(1, 301))
+    assert await acked == 3
+    assert await s.messages.depth("bob", 11) == 297
+    queue = await s.messages.fetch("bob", 10, 0, 300, T0)
+    assert [m.ciphertext for m in queue] == [b"%d" % i for i in range(300)]

@@ -26,7 +26,7 @@ from server.storage.base import (
     UnknownAccount,
 )
 from server.storage.migrate import alembic_config, upgrade_database
-from server.storage.pg_hot import HOT_STATEMENTS
+from server.storage.pg_hot import HOT_STATEMENTS, PgHot
 from server.storage.sql import PG_APPLICATION_NAME, PostgresRunner, SqlStorage, postgres_engine
 from tests.server.pg import pg_url, scratch_database, truncate_all
 
@@ -354,3 +354,84 @@ async def test_raw_statements_use_indexes_on_an_empty_churned_queue(pg_url: str)
         assert "Index" in plan, f"{name}:\n{plan}"
     scanned = {n for n, plan in (await raw_plans(pg_url, "on")).items() if "Seq Scan" in plan}
     assert {"fetch custom", "ack custom"} <= scanned  # the check above can fail
+
+
+class _FakeConnection:
+    """A hot-path connection whose pipelined batch fails with ``batch_error`` and whose
+    single statements fail for the client message id ``b"bad"``."""
+
+    def __init__(self, batch_error: BaseException, *, closes: bool) -> None:
+        self.batch_error = batch_error
+        self.closes = closes
+        self.closed = False
+        self.single_calls = 0
+
+    async def fetchmany(self, query: str, args: list[tuple[object, ...]]) -> list[object]:
+        self.closed = self.closes
+        raise self.batch_error
+
+    async def fetch(self, query: str, *args: object) -> list[object]:
+        self.single_calls += 1
+        if args[2] == b"bad":
+            raise asyncpg.CheckViolationError("a bad call")
+        return [(1, "bob", 10, self.single_calls, None, None)]
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        self.closed = True
+
+    def terminate(self) -> None:
+        self.closed = True
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def is_in_transaction(self) -> bool:
+        return False
+
+
+class _FakePool:
+    def __init__(self, conn: _FakeConnection) -> None:
+        self.conn = conn
+
+    async def acquire(self) -> _FakeConnection:
+        return self.conn
+
+    def release(self, conn: object, *, reusable: bool) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def _three_sends(hot: PgHot) -> list[object]:
+    ids = [b"good1", b"bad", b"good2"]
+    return await asyncio.gather(
+        *(
+            outcome(hot.accept("alice", 1, i, digest(i), [("bob", [(10, b"x")])], T0, T0 + 1, 10))
+            for i in ids
+        )
+    )
+
+
+async def test_a_failed_batch_runs_its_calls_one_by_one() -> None:
+    """A batch rolled back by a server error (the session still open) is run again call
+    by call, in order: the bad call fails alone, typed, without its parameters."""
+    conn = _FakeConnection(asyncpg.CheckViolationError("a bad call"), closes=False)
+    hot = PgHot(_FakePool(conn), attempts=1)  # type: ignore[arg-type]
+    good1, bad, good2 = await _three_sends(hot)
+    assert isinstance(good1, Acceptance) and good1.deliveries == (("bob", 10, 1),)
+    assert isinstance(good2, Acceptance) and good2.deliveries == (("bob", 10, 3),)
+    assert bad == ("StorageUnavailable", ("CheckViolationError: a bad call",))
+    assert conn.single_calls == 3
+    await hot.aclose()
+
+
+async def test_a_batch_whose_session_ended_fails_every_call() -> None:
+    """The server ended the session during the batch (terminated, shut down): whether
+    it committed is unknown, so nothing is run again; every call is unavailable."""
+    conn = _FakeConnection(asyncpg.AdminShutdownError("terminating connection"), closes=True)
+    hot = PgHot(_FakePool(conn), attempts=1)  # type: ignore[arg-type]
+    results = await _three_sends(hot)
+    assert results == [("StorageUnavailable", ("AdminShutdownError: terminating connection",))] * 3
+    assert conn.single_calls == 0
+    await hot.aclose()
