@@ -304,7 +304,6 @@ class Connection:
     # --- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        session = self.session
         try:
             while True:
                 message = await self._ws.receive()
@@ -313,25 +312,9 @@ class Connection:
                     self.close_soon(CloseCode.NORMAL, "")
                     return
                 data = message.get("bytes")
-                frame = self._text_frame() if data is None else session.parse(data)
-                if isinstance(frame, Reply):
-                    reply = frame
-                elif session.pipelines(frame):
-                    self._start_send(session.handle(frame, data or b""), len(data or b""))
-                    while self._sends and (
-                        len(self._sends) >= limits.SENDS_IN_FLIGHT
-                        or self._send_bytes >= limits.SENDS_IN_FLIGHT_BYTES
-                    ):
-                        await asyncio.wait({self._sends[0][0]})
-                    continue
-                else:
-                    if self._sends and type(frame) is not Ack:
-                        await self._sends_done()  # answers stay in order
-                    self._in_request = True
-                    try:
-                        reply = await session.handle(frame, data or b"")
-                    finally:
-                        self._in_request = False
+                reply = self._text_frame() if data is None else await self._receive(data)
+                if reply is None:
+                    continue  # a send in flight: answered by _send_done
                 if reply.frames and self._sends:
                     await self._sends_done()  # answers stay in order
                 await self._apply(reply)
@@ -342,6 +325,30 @@ class Connection:
         except Exception:
             logger.warning("connection reader failed", exc_info=True)
             self.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _receive(self, data: bytes) -> Reply | None:
+        """Handle one binary frame: its reply, or ``None`` for a send now in flight
+        (at most :data:`~server.limits.SENDS_IN_FLIGHT` of them and
+        :data:`~server.limits.SENDS_IN_FLIGHT_BYTES`)."""
+        session = self.session
+        frame = session.parse(data)
+        if isinstance(frame, Reply):
+            return frame
+        if session.pipelines(frame):
+            self._start_send(session.handle(frame, data), len(data))
+            while self._sends and (
+                len(self._sends) >= limits.SENDS_IN_FLIGHT
+                or self._send_bytes >= limits.SENDS_IN_FLIGHT_BYTES
+            ):
+                await asyncio.wait({self._sends[0][0]})
+            return None
+        if self._sends and type(frame) is not Ack:
+            await self._sends_done()  # answers stay in order
+        self._in_request = True
+        try:
+            return await session.handle(frame, data)
+        finally:
+            self._in_request = False
 
     def _start_send(self, handling: Coroutine[Any, Any, Reply], size: int) -> None:
         """Store a send without waiting for its commit: the reader goes on with the
