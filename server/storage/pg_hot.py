@@ -89,7 +89,7 @@ _FETCH = (
     " WHERE user_id = $1 AND device_id = $2 AND seq > $3 AND expires_at_ms > $4"
     " ORDER BY seq LIMIT $5"
 )
-_ACK = (
+_ACK_CTES = (
     "WITH gone AS ("
     " DELETE FROM message_queue"
     " WHERE user_id = $1 AND device_id = $2 AND seq = ANY($3::bigint[]) RETURNING seq"
@@ -97,20 +97,12 @@ _ACK = (
     " uncount AS ("
     " UPDATE devices SET queued = queued - n.n FROM n"
     " WHERE user_id = $1 AND device_id = $2 AND n.n > 0"
-    ") SELECT n FROM n"
+    ")"
 )
+_ACK = _ACK_CTES + " SELECT n FROM n"  # noqa: S608 - constants only
 """Delete the acknowledged entries and uncount them in one statement (the ``devices``
 row is locked after the queue rows, as the purge does)."""
-_ACK_BATCH = (
-    "WITH gone AS ("
-    " DELETE FROM message_queue"
-    " WHERE user_id = $1 AND device_id = $2 AND seq = ANY($3::bigint[]) RETURNING seq"
-    "), n AS (SELECT count(*) AS n FROM gone),"
-    " uncount AS ("
-    " UPDATE devices SET queued = queued - n.n FROM n"
-    " WHERE user_id = $1 AND device_id = $2 AND n.n > 0"
-    ") SELECT $4::integer AS i, n FROM n"
-)
+_ACK_BATCH = _ACK_CTES + " SELECT $4::integer AS i, n FROM n"  # noqa: S608 - constants only
 """``_ACK`` with the call's index in its batch first."""
 MAX_BATCH: Final = 256
 """Calls in one group commit at most (the rest wait for the next)."""

@@ -23,7 +23,13 @@ from server import ws
 from server.limits import DELIVERY_WINDOW
 from server.storage.base import StorageUnavailable
 from tests.server.pg import pg_url
-from tests.server.relay_client import WAIT, RunningRelay
+from tests.server.relay_client import (
+    WAIT,
+    DeviceConnection,
+    RelayClient,
+    RunningRelay,
+    TestAccount,
+)
 from tests.server.relay_fixtures import memory_relay, relay
 
 __all__ = ["memory_relay", "pg_url", "relay"]
@@ -250,6 +256,25 @@ async def test_live_messages_are_handed_over_without_reading_them_back(
     await b.close()
 
 
+async def _queued_for_bob(
+    relay: RunningRelay, n: int
+) -> tuple[RelayClient, DeviceConnection, DeviceConnection, TestAccount, list[int]]:
+    """Alice sends ``n`` messages to Bob's device 1001 (each accepted); Bob connects
+    and reads them up to ``CaughtUp``: the client, both connections, Bob's account and
+    the delivered sequence numbers."""
+    client = relay.client()
+    alice = await client.create_account()
+    bob = await client.create_account()
+    a = await client.connect(alice)
+    await a.expect(CaughtUp)
+    for i in range(n):
+        await a.send_message(msg_id(), [(bob.user_id, [(1001, b"m%d" % i)])])
+        await a.expect(Accepted)
+    b = await client.connect(bob)
+    _, delivered = await b.recv_until(CaughtUp)
+    return client, a, b, bob, [f.seq for f in delivered if isinstance(f, Deliver)]
+
+
 class _GatedAck:
     """Wraps the store's ``ack``: records each call's sequences and holds every call
     until :attr:`gate` is set."""
@@ -279,17 +304,7 @@ class _GatedAck:
 async def test_acks_are_deleted_together_and_a_later_request_waits_for_them(
     memory_relay: RunningRelay,
 ) -> None:
-    client = memory_relay.client()
-    alice = await client.create_account()
-    bob = await client.create_account()
-    a = await client.connect(alice)
-    await a.expect(CaughtUp)
-    for i in range(6):
-        await a.send_message(msg_id(), [(bob.user_id, [(1001, b"m%d" % i)])])
-        await a.expect(Accepted)
-    b = await client.connect(bob)
-    _, delivered = await b.recv_until(CaughtUp)
-    seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
+    _, a, b, bob, seqs = await _queued_for_bob(memory_relay, 6)
     with _GatedAck(memory_relay) as gated:
         await b.ack(seqs[:1])
         async with asyncio.timeout(WAIT):
@@ -313,17 +328,7 @@ async def test_acks_are_deleted_together_and_a_later_request_waits_for_them(
 async def test_a_new_connection_reads_its_backlog_after_the_old_ones_acks(
     memory_relay: RunningRelay,
 ) -> None:
-    client = memory_relay.client()
-    alice = await client.create_account()
-    bob = await client.create_account()
-    a = await client.connect(alice)
-    await a.expect(CaughtUp)
-    for i in range(3):
-        await a.send_message(msg_id(), [(bob.user_id, [(1001, b"m%d" % i)])])
-        await a.expect(Accepted)
-    b = await client.connect(bob)
-    _, delivered = await b.recv_until(CaughtUp)
-    seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
+    client, a, b, bob, seqs = await _queued_for_bob(memory_relay, 3)
     with _GatedAck(memory_relay) as gated:
         await b.ack(seqs)
         async with asyncio.timeout(WAIT):
@@ -343,14 +348,7 @@ async def test_a_failed_ack_deletion_is_retried_then_given_up(
     memory_relay: RunningRelay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ws, "_STORAGE_RETRY_SECONDS", 0.01)
-    client = memory_relay.client()
-    alice = await client.create_account()
-    bob = await client.create_account()
-    a = await client.connect(alice)
-    await a.expect(CaughtUp)
-    for i in range(2):
-        await a.send_message(msg_id(), [(bob.user_id, [(1001, b"m%d" % i)])])
-        await a.expect(Accepted)
+    client, a, b, bob, seqs = await _queued_for_bob(memory_relay, 2)
     messages = memory_relay.ctx.storage.messages
     original = messages.ack
     failures = {"left": 2, "calls": 0}
@@ -364,9 +362,6 @@ async def test_a_failed_ack_deletion_is_retried_then_given_up(
 
     messages.ack = flaky_ack  # type: ignore[method-assign,assignment]
     try:
-        b = await client.connect(bob)
-        _, delivered = await b.recv_until(CaughtUp)
-        seqs = [f.seq for f in delivered if isinstance(f, Deliver)]
         # Two failures, then the retry deletes the first.
         await b.ack(seqs[:1])
         await _queue_depth_becomes(memory_relay, bob.user_id, 1001, 1)
