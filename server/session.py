@@ -1,10 +1,11 @@
 """The per-connection relay protocol (DESIGN 5; CONVENTIONS 3).
 
-:class:`RelaySession` takes the bytes of one client frame and returns a
-:class:`Reply`: the frames to send and whether to close (with which code). It calls
-storage and the notifier through the :class:`~server.context.RelayContext`, but owns
-no socket, task or timer: :mod:`server.ws` moves the bytes, owns the timeouts, the
-sender and the delivery task. :class:`DeliveryWindow` is the flow-control state of
+:class:`RelaySession` takes the bytes of one client frame (:meth:`RelaySession.parse`,
+then :meth:`RelaySession.handle`) and returns a :class:`Reply`: the frames to send
+and whether to close (with which code). It calls storage and the notifier through the
+:class:`~server.context.RelayContext`, but owns no socket, task or timer:
+:mod:`server.ws` moves the bytes, owns the timeouts, the sender, the delivery task,
+the sends in flight and the background deletion of acknowledged messages. :class:`DeliveryWindow` is the flow-control state of
 deliveries (at most :data:`~server.limits.DELIVERY_WINDOW` unacknowledged).
 
 Every refusal becomes an ``Error`` frame or a close code through the one table in
