@@ -5,8 +5,9 @@ then :meth:`RelaySession.handle`) and returns a :class:`Reply`: the frames to se
 and whether to close (with which code). It calls storage and the notifier through the
 :class:`~server.context.RelayContext`, but owns no socket, task or timer:
 :mod:`server.ws` moves the bytes, owns the timeouts, the sender, the delivery task,
-the sends in flight and the background deletion of acknowledged messages. :class:`DeliveryWindow` is the flow-control state of
-deliveries (at most :data:`~server.limits.DELIVERY_WINDOW` unacknowledged).
+the sends in flight and the background deletion of acknowledged messages.
+:class:`DeliveryWindow` is the flow-control state of deliveries (at most
+:data:`~server.limits.DELIVERY_WINDOW` unacknowledged).
 
 Every refusal becomes an ``Error`` frame or a close code through the one table in
 :mod:`server.errors`; nothing a client sends can crash the session, and a storage

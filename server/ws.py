@@ -459,6 +459,8 @@ class Connection:
                     logger.warning("deleting acknowledged messages failed; retrying")
                     self._acks[:0] = seqs
                     await asyncio.sleep(_STORAGE_RETRY_SECONDS)
+                except Exception:  # a bug: they stay queued and come back (at least once)
+                    logger.exception("deleting %d acknowledged messages failed", len(seqs))
         finally:
             self._ack_task = None
 

@@ -499,3 +499,30 @@ async def test_the_reader_goes_on_while_a_send_is_stored_and_answers_wait_their_
     finally:
         messages.accept = original  # type: ignore[method-assign]
     await a.close()
+
+
+@pytest.mark.asyncio
+async def test_a_bug_while_deleting_acks_leaves_them_queued_and_the_connection_up(
+    memory_relay: RunningRelay,
+) -> None:
+    client, a, b, bob, seqs = await _queued_for_bob(memory_relay, 2)
+    messages = memory_relay.ctx.storage.messages
+    original = messages.ack
+
+    async def broken_ack(user_id: str, device_id: int, seqs: list[int]) -> int:
+        raise RuntimeError("a bug")
+
+    messages.ack = broken_ack  # type: ignore[method-assign,assignment]
+    try:
+        await b.ack(seqs)
+        await b.send(KeyCheck(b.next_req()))
+        await b.expect(KeyStatus)  # the connection still answers
+    finally:
+        messages.ack = original  # type: ignore[method-assign]
+    assert await messages.depth(bob.user_id, 1001) == 2
+    await b.ack(seqs)  # the next Ack deletes them
+    await b.send(KeyCheck(b.next_req()))
+    await b.expect(KeyStatus)
+    assert await messages.depth(bob.user_id, 1001) == 0
+    await a.close()
+    await b.close()
