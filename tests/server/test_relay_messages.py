@@ -505,7 +505,7 @@ async def test_the_reader_goes_on_while_a_send_is_stored_and_answers_wait_their_
 async def test_a_bug_while_deleting_acks_leaves_them_queued_and_the_connection_up(
     memory_relay: RunningRelay,
 ) -> None:
-    client, a, b, bob, seqs = await _queued_for_bob(memory_relay, 2)
+    _, a, b, bob, seqs = await _queued_for_bob(memory_relay, 2)
     messages = memory_relay.ctx.storage.messages
     original = messages.ack
 
