@@ -112,6 +112,8 @@ class ClientBase(ABC):
         self._conn_lock = asyncio.Lock()
         self._events: AsyncIterator[RelayEvent] | None = None
         self._events_conn: RelayConnection | None = None
+        self._elsewhere_reported: RelayConnection | None = None
+        """The last connection whose takeover (``ConnectedElsewhere``) was recorded."""
         self._policy = ReconnectPolicy()
         self._inflight: dict[bytes, tuple[RelayConnection, asyncio.Future[None]]] = {}
         """Outbox entries being delivered, by outbox key, with the connection each is

@@ -277,6 +277,13 @@ class ReceivingMixin(ClientBase):
             try:
                 conn = await self._connection()
                 if self._events is None or self._events_conn is not conn:
+                    previous = self._events_conn
+                    if previous is not None and previous is not conn:
+                        # Another call reconnected first: the takeover that ended the
+                        # previous connection is recorded all the same.
+                        ended = await previous.wait_closed()
+                        if isinstance(ended, ConnectedElsewhere):
+                            await self._connected_elsewhere(previous)
                     self._events, self._events_conn = conn.events(), conn
                 return conn, await anext(self._events)
             except StopAsyncIteration:
@@ -287,17 +294,21 @@ class ReceivingMixin(ClientBase):
                 raise
             except TransportError as exc:
                 self._events = None
-                if isinstance(exc, ConnectedElsewhere):
-                    await self._connected_elsewhere()
+                if isinstance(exc, ConnectedElsewhere) and self._events_conn is not None:
+                    await self._connected_elsewhere(self._events_conn)
                 delay = self._policy.delay_after(exc)
                 logger.info("relay connection lost (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(delay)
         return None
 
-    async def _connected_elsewhere(self) -> None:
-        """Record that another connection took over this device; the event says whether
-        the client reconnects (at most ``ELSEWHERE_LIMIT`` times in ten minutes) or
-        gives up (``messages()`` then raises ``ConnectedElsewhere``)."""
+    async def _connected_elsewhere(self, conn: RelayConnection) -> None:
+        """Record (once per connection) that another connection took over this device
+        and ended ``conn``; the event says whether the client reconnects (at most
+        ``ELSEWHERE_LIMIT`` times in ten minutes) or gives up (``messages()`` then
+        raises ``ConnectedElsewhere``)."""
+        if self._elsewhere_reported is conn:
+            return
+        self._elsewhere_reported = conn
         reconnecting = self._policy.elsewhere_allowed()
         async with self._store.transaction() as tx:
             await self._emit(tx, ConnectedElsewhereEvent(reconnecting=reconnecting))
