@@ -39,6 +39,7 @@ from e2ee.errors import E2EEError
 from e2ee.identifiers import check_user_id
 from e2ee.payload import AttachmentRef, Payload, PayloadType
 
+from .._files import fsync_dir
 from ..errors import AttachmentCorrupt, AttachmentFileError, ClientError, StoreCorrupt, UsageError
 from ..store import Table
 from ..transport.blob_http import BlobEndpoint, delete_blob, open_blob, put_blob
@@ -127,19 +128,6 @@ async def _ciphertext(
             yield encryptor.push(piece, final=True)
             return
         yield encryptor.push(piece)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (where the platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _flush_and_sync(file: BinaryIO) -> None:
@@ -340,5 +328,5 @@ class AttachmentsMixin(SendingMixin, ReceivingMixin):
         except BaseException:
             _remove(temp)  # one unlink: no need to leave the event loop (or be cancelled)
             raise
-        await asyncio.to_thread(_fsync_directory, directory)
+        await asyncio.to_thread(fsync_dir, directory)
         return dest
