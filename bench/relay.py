@@ -419,7 +419,7 @@ class Bench:
 
     def _frames_for(self, target: Target, key: tuple[str, int], pairs: int) -> int:
         seconds = self.s.warmup_s + self.s.measure_s
-        guess = self.rate_guess.get(key, 40_000.0 if not target.relay else 15_000.0)
+        guess = self.rate_guess.get(key, 100_000.0 if not target.relay else 15_000.0)
         return max(200, int(guess * seconds * 1.3 / pairs))
 
     async def throughput_run(self, target: Target, pairs: int) -> ThroughputResult:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
+from bench import loadgen
 from bench import relay as relay_bench
+from e2ee.relay_frames import Send
 from tests.server.pg import pg_admin_url
 
 SMOKE_SOCKETS = 1_000
@@ -122,3 +125,38 @@ def test_durability_check_refuses_other_settings() -> None:
         relay_bench.check_durability("postgres", {"synchronous_commit": "off", "fsync": "on"})
     with pytest.raises(relay_bench.BenchRefused):
         relay_bench.check_durability("postgres", {})
+
+
+def _unmask(frame: bytes) -> bytes:
+    """The payload of one masked client frame (as a server reads it)."""
+    length = frame[1] & 0x7F
+    at = 2
+    if length == 126:
+        length, at = int.from_bytes(frame[2:4], "big"), 4
+    key, data = frame[at : at + 4], frame[at + 4 :]
+    assert len(data) == length
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+def test_spliced_send_frames_equal_their_encoding() -> None:
+    rng = random.Random(7)
+    salt = bytes(range(8))
+    frames = loadgen.build_frames(
+        3, 250, 300, recipient_user="bob", recipient_device=2, salt=salt, rng=rng
+    )
+    assert len(frames) == 300
+    padding_rng = random.Random(7)
+    padding = padding_rng.randbytes(
+        loadgen.CIPHERTEXT_SIZE - len(loadgen.MARKER) - 8  # the index: pair and index
+    )
+    for offset in (0, 1, 5, 255, 299):  # 256 crosses a byte of the index
+        index = 250 + offset
+        expected = Send(
+            loadgen._INDEX.pack(3, index) + salt,
+            (("bob", ((2, loadgen.ciphertext(3, index, padding)),)),),
+        ).to_bytes()
+        assert _unmask(frames[offset]) == expected
+    assert (
+        loadgen.build_frames(0, 0, 0, recipient_user="a", recipient_device=1, salt=salt, rng=rng)
+        == []
+    )
