@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from functools import cache
-from typing import cast
+from typing import Any, Final, cast
 
 from sqlalchemy import Connection
 
@@ -28,7 +28,7 @@ from .base import (
 )
 from .memory import check_addressed, device_mismatch
 
-__all__ = ["accept", "ack", "fetch"]
+__all__ = ["GROUPED", "accept", "accept_many", "ack", "ack_many", "fetch"]
 
 _IDEMPOTENCY = (
     "SELECT digest, accepted_at_ms FROM idempotency"
@@ -74,6 +74,44 @@ def _ack_sql(n: int) -> str:
         "DELETE FROM message_queue WHERE user_id = ? AND device_id = ?"  # noqa: S608
         f" AND seq IN ({_in_list(n)})"
     )
+
+
+@cache
+def _idempotency_many_sql(n: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * n)
+    return (
+        "SELECT i.sender_user, i.sender_device, i.client_msg_id, i.digest,"  # noqa: S608
+        f" i.accepted_at_ms FROM (VALUES {values}) AS v JOIN idempotency i"
+        " ON i.sender_user = v.column1 AND i.sender_device = v.column2"
+        " AND i.client_msg_id = v.column3"
+    )
+
+
+@cache
+def _devices_many_sql(n: int) -> str:
+    return (
+        "SELECT a.user_id, d.device_id, d.next_seq, d.queued FROM accounts a"  # noqa: S608
+        " LEFT JOIN devices d ON d.user_id = a.user_id"
+        f" WHERE a.user_id IN ({_in_list(n)})"
+    )
+
+
+_SET_COUNTERS = "UPDATE devices SET next_seq = ?, queued = ? WHERE user_id = ? AND device_id = ?"
+_CHUNK: Final = 256
+"""Keys per statement of the grouped lookups (3 parameters each, far below SQLite's
+limit of 32,766)."""
+
+
+def _padded(keys: list[Any]) -> list[Any]:
+    """``keys`` (not empty) padded with its last key to the next power of two, so the
+    grouped statements take a few shapes (the driver caches 128 prepared statements);
+    a repeated key changes no answer."""
+    size = 1 << (len(keys) - 1).bit_length()
+    return keys + [keys[-1]] * (size - len(keys))
+
+
+def _chunks(keys: list[Any]) -> list[list[Any]]:
+    return [_padded(keys[i : i + _CHUNK]) for i in range(0, len(keys), _CHUNK)]
 
 
 def _db(conn: Connection) -> sqlite3.Connection:
@@ -160,3 +198,168 @@ def ack(conn: Connection, user_id: str, device_id: int, seqs: Sequence[int]) -> 
     if gone:
         db.execute(_UNCOUNT, (gone, user_id, device_id))
     return gone
+
+
+_Call = tuple[Any, ...]
+"""One call's arguments, without the connection."""
+_Outcome = tuple[bool, Any]
+"""``(True, result)`` or ``(False, exception)``: what the call returned or raised."""
+
+
+def accept_many(conn: Connection, calls: Sequence[_Call]) -> list[_Outcome]:
+    """:func:`accept` for each of ``calls`` (its arguments after ``conn``), with the
+    outcomes (and the database afterwards) of running them one after the other, in
+    a few statements for the whole group: one lookup of the idempotency records, one
+    of the addressed users' devices and counters, then the queue rows, the records
+    and the counters written with ``executemany``.
+
+    A refused call (a typed error, a device mismatch, a duplicate) writes nothing.
+
+    Raises:
+        sqlite3.Error: the database failed (the caller rolls the group back).
+    """
+    db = _db(conn)
+    outcomes: list[_Outcome | None] = [None] * len(calls)
+    valid: list[int] = []
+    for i, call in enumerate(calls):
+        try:
+            check_addressed(call[4])
+        except ValueError as exc:
+            outcomes[i] = (False, exc)
+        else:
+            valid.append(i)
+    if not valid:
+        return cast(list[_Outcome], outcomes)
+    # The idempotency records of every id in the group: key -> (digest, accepted_at_ms).
+    records: dict[tuple[str, int, bytes], tuple[bytes, int]] = {}
+    keys = list(dict.fromkeys((calls[i][0], calls[i][1], calls[i][2]) for i in valid))
+    for chunk in _chunks(keys):
+        params = [p for key in chunk for p in key]
+        for user, device, msg_id, digest, at in db.execute(
+            _idempotency_many_sql(len(chunk)), params
+        ):
+            records[(user, device, msg_id)] = (digest, at)
+    # Every addressed user's devices, with their counters [next_seq, queued].
+    current: dict[str, set[int]] = {}
+    counters: dict[tuple[str, int], list[int]] = {}
+    users = list(dict.fromkeys(u for i in valid for u, _ in calls[i][4]))
+    for chunk in _chunks(users):
+        for u, d, next_seq, queued in db.execute(_devices_many_sql(len(chunk)), chunk):
+            devices = current.setdefault(u, set())
+            if d is not None:
+                devices.add(d)
+                counters[(u, d)] = [next_seq, queued]
+    changed: dict[tuple[str, int], list[int]] = {}
+    rows: list[tuple[Any, ...]] = []
+    recorded: list[tuple[Any, ...]] = []
+    for i in valid:
+        sender_user, sender_device, client_msg_id, digest, addressed = calls[i][:5]
+        now_ms, expires_at_ms, queue_quota = calls[i][5:]
+        try:
+            outcomes[i] = (
+                True,
+                _accept_one(
+                    records,
+                    current,
+                    counters,
+                    changed,
+                    rows,
+                    recorded,
+                    sender_user,
+                    sender_device,
+                    client_msg_id,
+                    digest,
+                    addressed,
+                    now_ms,
+                    expires_at_ms,
+                    queue_quota,
+                ),
+            )
+        except Exception as exc:  # a typed refusal of this call only
+            outcomes[i] = (False, exc)
+    if rows:
+        db.executemany(_ENQUEUE, rows)
+        db.executemany(_RECORD, recorded)
+        db.executemany(_SET_COUNTERS, [(n, q, u, d) for (u, d), (n, q) in changed.items()])
+    return cast(list[_Outcome], outcomes)
+
+
+def _accept_one(
+    records: dict[tuple[str, int, bytes], tuple[bytes, int]],
+    current: dict[str, set[int]],
+    counters: dict[tuple[str, int], list[int]],
+    changed: dict[tuple[str, int], list[int]],
+    rows: list[tuple[Any, ...]],
+    recorded: list[tuple[Any, ...]],
+    sender_user: str,
+    sender_device: int,
+    client_msg_id: bytes,
+    digest: bytes,
+    addressed: Sequence[tuple[str, Sequence[tuple[int, bytes]]]],
+    now_ms: int,
+    expires_at_ms: int,
+    queue_quota: int,
+) -> AcceptOutcome:
+    """One call of :func:`accept_many` against the group's state in memory."""
+    key = (sender_user, sender_device, client_msg_id)
+    previous = records.get(key)
+    if previous is not None:
+        if previous[0] != digest:
+            raise IdempotencyConflict(client_msg_id.hex())
+        return Acceptance(accepted_at_ms=previous[1], deliveries=(), duplicate=True)
+    mismatch = device_mismatch(addressed, current, sender_user, sender_device)
+    if mismatch is not None:
+        return mismatch
+    targets = [(u, d) for u, devs in addressed for d, _ in devs]
+    for target in targets:
+        if counters[target][1] + 1 > queue_quota:
+            raise QueueFull(*target)
+    seqs: dict[tuple[str, int], int] = {}
+    for target in targets:
+        counter = counters[target]
+        seqs[target] = counter[0]
+        counter[0] += 1
+        counter[1] += 1
+        changed[target] = counter
+    rows.extend(
+        (u, d, seqs[(u, d)], sender_user, sender_device, now_ms, expires_at_ms, ct)
+        for u, devs in addressed
+        for d, ct in devs
+    )
+    recorded.append((sender_user, sender_device, client_msg_id, digest, now_ms))
+    records[key] = (digest, now_ms)
+    return Acceptance(
+        accepted_at_ms=now_ms,
+        deliveries=tuple((u, d, seqs[(u, d)]) for u, d in targets),
+        duplicate=False,
+    )
+
+
+def ack_many(conn: Connection, calls: Sequence[_Call]) -> list[_Outcome]:
+    """:func:`ack` for each of ``calls`` (``(user_id, device_id, seqs)``), with the
+    outcomes of running them one after the other: one ``DELETE`` per call, the queue
+    depths written together.
+
+    Raises:
+        sqlite3.Error: the database failed (the caller rolls the group back).
+    """
+    db = _db(conn)
+    outcomes: list[_Outcome] = []
+    gone_by_device: dict[tuple[str, int], int] = {}
+    for user_id, device_id, seqs in calls:
+        unique = sorted(set(seqs))
+        gone = 0
+        if unique:
+            gone = db.execute(_ack_sql(len(unique)), (user_id, device_id, *unique)).rowcount
+        if gone:
+            target = (user_id, device_id)
+            gone_by_device[target] = gone_by_device.get(target, 0) + gone
+        outcomes.append((True, gone))
+    if gone_by_device:
+        db.executemany(_UNCOUNT, [(n, u, d) for (u, d), n in gone_by_device.items()])
+    return outcomes
+
+
+GROUPED: Final[dict[Any, Any]] = {accept: accept_many, ack: ack_many}
+"""The operations the SQLite writer runs as one group per run of them in a batch, with
+their grouped form (in this order: a group's sends, then its acknowledgements)."""

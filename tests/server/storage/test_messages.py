@@ -243,3 +243,47 @@ async def test_sends_started_in_order_are_accepted_in_that_order(people: Storage
     assert await s.messages.depth("bob", 11) == 297
     queue = await s.messages.fetch("bob", 10, 0, 300, T0)
     assert [m.ciphertext for m in queue] == [b"%d" % i for i in range(300)]
+
+
+async def test_concurrent_calls_answer_as_if_run_one_by_one(people: Storage) -> None:
+    """Calls issued together (one group commit; on SQLite one grouped statement set for
+    the sends and one for the acks) get the answers of running them one by one: a
+    repeated id in the same batch is a duplicate of the first (with its time) or a
+    conflict, refusals of any kind write nothing and do not disturb the others, the
+    quota counts the sends before it, and acks delete what is there once."""
+    s = people
+    both_bob = [(10, b"b10"), (11, b"b11")]
+    calls = [
+        send(s, b"m1", [("bob", both_bob), ("alice", [(2, b"a2")])], now=T0),
+        send(s, b"m1", [("bob", both_bob), ("alice", [(2, b"a2")])], now=T0 + 5),
+        send(s, b"m1", [("bob", both_bob)], body=b"other", now=T0 + 6),
+        send(s, b"m2", [("bob", [(10, b"x")]), ("alice", [(2, b"")])]),
+        send(s, b"m3", [("carol", [(1, b"x")])]),
+        send(s, b"m4", [("bob", [(10, b"x"), (10, b"y")]), ("alice", [(2, b"")])]),
+        send(s, b"m5", [("bob", [(10, b"c10"), (11, b"c11")]), ("alice", [(2, b"c2")])]),
+        send(s, b"m6", [("bob", both_bob), ("alice", [(2, b"")])], quota=2),
+        s.messages.ack("bob", 11, [1]),
+        s.messages.ack("bob", 11, [1, 2]),
+        s.messages.ack("alice", 2, []),
+    ]
+    got = await asyncio.gather(*calls, return_exceptions=True)
+    assert got[0] == Acceptance(T0, (("bob", 10, 1), ("bob", 11, 1), ("alice", 2, 1)), False)
+    assert got[1] == Acceptance(T0, (), True)
+    assert isinstance(got[2], IdempotencyConflict)
+    assert got[3] == DeviceMismatch((MismatchedDevices("bob", (11,), ()),))
+    assert isinstance(got[4], UnknownAccount)
+    assert isinstance(got[5], ValueError)
+    assert got[6] == Acceptance(T0, (("bob", 10, 2), ("bob", 11, 2), ("alice", 2, 2)), False)
+    assert isinstance(got[7], QueueFull)
+    assert got[8:] == [1, 1, 0]
+    queue = await s.messages.fetch("bob", 10, 0, 10, T0)
+    assert [(m.seq, m.ciphertext) for m in queue] == [(1, b"b10"), (2, b"c10")]
+    assert await s.messages.fetch("bob", 11, 0, 10, T0) == []
+    assert [await s.messages.depth(u, d) for u, d in (("bob", 10), ("bob", 11), ("alice", 2))] == [
+        2,
+        0,
+        2,
+    ]
+    # The counters went on from where the batch left them.
+    later = await send(s, b"m7", [("bob", both_bob), ("alice", [(2, b"")])])
+    assert later == Acceptance(T0, (("bob", 10, 3), ("bob", 11, 3), ("alice", 2, 3)), False)
