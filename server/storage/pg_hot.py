@@ -3,13 +3,15 @@ on raw asyncpg connections (``docs/storage.md``: the wiring and its figures).
 
 Through SQLAlchemy Core and ``AsyncConnection.run_sync`` a send cost BEGIN, five
 statements and COMMIT, one round trip each, plus the greenlet hop and the compiler;
-the relay's process was CPU-bound on that. Here every operation is ONE statement in
-autocommit mode (its own transaction: one round trip, and the commit, with
-``synchronous_commit`` on, has flushed the WAL before the answer arrives):
+the relay's process was CPU-bound on that. Here a read is ONE statement in autocommit
+mode (its own transaction: one round trip), and accepts and acks go through a group
+commit (below; with ``synchronous_commit`` on, the commit has flushed the WAL before
+any caller is answered). The statements:
 
 * accept: ``SELECT * FROM relay_accept(...)``, the PL/pgSQL function of migration
   ``0002`` (idempotency check, device-set check, locking the target devices in
-  sorted order, quota check, sequence numbers, queue rows and the idempotency record);
+  sorted order, quota check, sequence numbers, queue rows and the idempotency record),
+  when a group of sends (below) had to be run again call by call;
 * ack: one ``DELETE ... RETURNING`` with the ``queued`` counter update in a CTE;
 * fetch, depth, the device lookup: one ``SELECT``.
 
@@ -21,17 +23,24 @@ same session settings as the SQLAlchemy engine's (``synchronous_commit`` on,
 ``enable_seqscan`` off, the application name, the statement timeout).
 
 **Group commit.** Accepts and acks do not run one statement per call: a single writer
-task per relay process queues them and runs everything queued as one pipelined
-``fetchmany`` (one Bind/Execute per call, one Sync: one implicit transaction, one
-commit, one round trip), one batch after the other. Under load a batch holds many
-sends, so PostgreSQL commits (and the relay pays a round trip) once per batch rather
-than once per message, and calls are accepted in the order they were queued
-(:attr:`PgHot.accepts_in_order`). A batch that fails as a whole on a server error (a
-lost race, a constraint) is rolled back by PostgreSQL and its calls are run again one
-by one, so one bad call fails alone; a connection lost mid-batch fails every call of
-it with :class:`~server.storage.base.StorageUnavailable` (as for a single statement,
-the commit may or may not have happened: a send retried with its id answers the
-original acceptance).
+task per relay process queues them and runs everything queued (at most
+:data:`MAX_BATCH` calls) as one transaction, one batch after the other: BEGIN; the
+batch's sends as one group (one statement reads the addressed users' devices with
+their counters, locking the device rows in the one order every multi-device locker
+uses, and the idempotency records of the group's ids; the checks of each send run in
+memory, in order, :class:`~server.storage.grouped.AcceptGroup`; one statement writes
+the queue rows, the records and the counters from arrays); the batch's acks as one
+pipelined ``fetchmany`` (one Bind/Execute per call, one Sync); COMMIT. Five round
+trips and one commit per batch, and a few set-based statements instead of about six
+inside ``relay_accept`` per send (PostgreSQL's own CPU was most of a send's cost).
+Under load a batch holds many sends, and calls are accepted in the order they were
+queued (:attr:`PgHot.accepts_in_order`). A batch that fails as a whole on a server
+error (a lost race, a deadlock with another node, a constraint) is rolled back and
+its calls are run again one by one (``relay_accept`` and the single ack statement, in
+arrival order), so one bad call fails alone; a connection lost mid-batch fails every
+call of it with :class:`~server.storage.base.StorageUnavailable` (as for a single
+statement, the commit may or may not have happened: a send retried with its id
+answers the original acceptance).
 
 Errors as in :class:`server.storage.sql.PostgresRunner`: a lost race (serialization
 failure, deadlock, a unique violation from a concurrent insert of the same key) runs
@@ -62,6 +71,7 @@ from .base import (
     StorageUnavailable,
     UnknownAccount,
 )
+from .grouped import AcceptGroup
 from .memory import check_addressed
 
 __all__ = ["ACCEPT_OUTCOMES", "MAX_BATCH", "HotPool", "PgHot"]
@@ -79,11 +89,46 @@ ACCEPT_OUTCOMES = {
 """``relay_accept``'s status codes (``o_status``)."""
 
 _ACCEPT = "SELECT * FROM relay_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-_ACCEPT_BATCH = (
-    "SELECT $12::integer AS i, r.* FROM relay_accept($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-    " $10, $11) r"
+_GROUP_READ = (
+    "WITH d AS MATERIALIZED ("
+    " SELECT user_id, device_id, next_seq, queued FROM devices"
+    " WHERE user_id = ANY($1::text[])"
+    ' ORDER BY user_id COLLATE "C", device_id FOR UPDATE'
+    ")"
+    " SELECT 0::smallint AS k, a.user_id AS u, d.device_id::bigint AS dv,"
+    " d.next_seq::bigint AS n, d.queued::bigint AS q, NULL::bytea AS id, NULL::bytea AS dg"
+    " FROM accounts a LEFT JOIN d ON d.user_id = a.user_id WHERE a.user_id = ANY($1::text[])"
+    " UNION ALL"
+    " SELECT 1::smallint, i.sender_user, i.sender_device::bigint, i.accepted_at_ms::bigint,"
+    " NULL::bigint, i.client_msg_id, i.digest"
+    " FROM unnest($2::text[], $3::bigint[], $4::bytea[]) AS k(u, dv, id)"
+    " JOIN idempotency i ON i.sender_user = k.u AND i.sender_device = k.dv"
+    " AND i.client_msg_id = k.id"
 )
-"""``_ACCEPT`` with the call's index in its batch first (``fetchmany`` flattens rows)."""
+"""What a group of sends needs, in one statement: the addressed users' accounts and
+devices with their counters (``k = 0``; a user without devices has one row with
+``NULL``s, an unknown user none), every device row locked in the one order every
+multi-device locker uses (byte order of the user id, then the device id), so no device
+goes and no counter moves until the group commits; and the idempotency records of the
+group's ids (``k = 1``: ``n`` is the record's ``accepted_at_ms``)."""
+_GROUP_WRITE = (
+    "WITH q AS ("
+    " INSERT INTO message_queue (user_id, device_id, seq, sender_user, sender_device,"
+    " accepted_at_ms, expires_at_ms, ciphertext)"
+    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],"
+    " $6::bigint[], $7::bigint[], $8::bytea[])"
+    "), r AS ("
+    " INSERT INTO idempotency (sender_user, sender_device, client_msg_id, digest,"
+    " accepted_at_ms)"
+    " SELECT * FROM unnest($9::text[], $10::bigint[], $11::bytea[], $12::bytea[],"
+    " $13::bigint[])"
+    ")"
+    " UPDATE devices d SET next_seq = c.n, queued = c.q"
+    " FROM unnest($14::text[], $15::bigint[], $16::bigint[], $17::bigint[]) AS c(u, dv, n, q)"
+    " WHERE d.user_id = c.u AND d.device_id = c.dv"
+)
+"""What a group of sends writes, in one statement: the queue rows, the idempotency
+records and the devices' new counters."""
 _FETCH = (
     "SELECT seq, sender_user, sender_device, accepted_at_ms, ciphertext FROM message_queue"
     " WHERE user_id = $1 AND device_id = $2 AND seq > $3 AND expires_at_ms > $4"
@@ -144,6 +189,8 @@ class _Connection(Protocol):
     def is_closed(self) -> bool: ...
 
     def is_in_transaction(self) -> bool: ...
+
+    def transaction(self) -> Any: ...
 
 
 class HotPool:
@@ -231,13 +278,120 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
 
 @dataclass(slots=True)
 class _Call:
-    """One queued accept or ack: its statement (single and batched form), arguments
-    and the caller's future (its rows)."""
+    """One queued accept or ack: its arguments and the caller's future (the call's
+    outcome: an :data:`~server.storage.base.AcceptOutcome`, or the count an ack
+    deleted)."""
 
-    single: str
-    batched: str
+    accept: bool
     args: tuple[Any, ...]
-    future: asyncio.Future[list[Any]]
+    """An accept's :meth:`PgHot.accept` arguments; an ack's ``_ACK`` parameters."""
+    future: asyncio.Future[Any]
+
+
+def _answer(call: _Call, ok: bool, value: Any) -> None:
+    if not call.future.done():
+        if ok:
+            call.future.set_result(value)
+        else:
+            call.future.set_exception(value)
+
+
+async def _accept_group(conn: _Connection, calls: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+    """The sends of one batch (each :meth:`PgHot.accept`'s arguments) in the open
+    transaction of ``conn``: one statement reads (and locks) what they need, the checks
+    run in memory in order (:class:`~server.storage.grouped.AcceptGroup`), one
+    statement writes. Returns ``(True, outcome)`` or ``(False, typed refusal)`` per send.
+
+    Raises:
+        asyncpg.PostgresError: the database refused (the caller rolls back and runs
+            the calls one by one).
+    """
+    users = list(dict.fromkeys(u for call in calls for u, _ in call[4]))
+    keys = list(dict.fromkeys((call[0], call[1], call[2]) for call in calls))
+    group = AcceptGroup()
+    rows = await conn.fetch(
+        _GROUP_READ, users, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+    )
+    for kind, user, device, n, q, msg_id, digest in rows:
+        if kind == 0:
+            devices = group.current.setdefault(user, set())
+            if device is not None:
+                devices.add(device)
+                group.counters[(user, device)] = [n, q]
+        else:
+            group.records[(user, device, msg_id)] = (digest, n)
+    outcomes: list[tuple[bool, Any]] = []
+    for call in calls:
+        try:
+            outcomes.append((True, group.accept(*call)))
+        except (IdempotencyConflict, UnknownAccount, QueueFull) as exc:
+            outcomes.append((False, exc))
+    if group.rows:
+        counters = [(u, d, n, q) for (u, d), (n, q) in group.changed.items()]
+        columns = [
+            list(column)
+            for rows in (group.rows, group.recorded, counters)
+            for column in zip(*rows, strict=True)
+        ]
+        await conn.fetch(_GROUP_WRITE, *columns)
+    return outcomes
+
+
+def _accept_params(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``relay_accept``'s parameters for one send (:meth:`PgHot.accept`'s arguments)."""
+    sender_user, sender_device, client_msg_id, digest, addressed = args[:5]
+    now_ms, expires_at_ms, queue_quota = args[5:]
+    tu: list[str] = []
+    td: list[int] = []
+    tct: list[bytes] = []
+    for user_id, devs in addressed:
+        for device_id, ciphertext in devs:
+            tu.append(user_id)
+            td.append(device_id)
+            tct.append(ciphertext)
+    return (
+        sender_user,
+        sender_device,
+        client_msg_id,
+        digest,
+        now_ms,
+        expires_at_ms,
+        queue_quota,
+        [u for u, _ in addressed],
+        tu,
+        td,
+        tct,
+    )
+
+
+def _accept_outcome(rows: list[Any], args: tuple[Any, ...]) -> AcceptOutcome:
+    """The outcome of one ``relay_accept`` call from its rows.
+
+    Raises:
+        IdempotencyConflict, UnknownAccount, QueueFull: the send was refused.
+        StorageUnavailable: an unknown status.
+    """
+    client_msg_id, now_ms = args[2], args[5]
+    status = rows[0][0] if rows else 0
+    if status == 1:
+        return Acceptance(
+            accepted_at_ms=now_ms,
+            deliveries=tuple((r[1], r[2], r[3]) for r in rows if r[1] is not None),
+            duplicate=False,
+        )
+    if status == 2:
+        return Acceptance(accepted_at_ms=rows[0][3], deliveries=(), duplicate=True)
+    if status == 3:
+        raise IdempotencyConflict(client_msg_id.hex())
+    if status == 4:
+        raise UnknownAccount(rows[0][1])
+    if status == 5:
+        return DeviceMismatch(
+            tuple(MismatchedDevices(r[1], tuple(r[4]), tuple(r[5])) for r in rows)
+        )
+    if status == 6:
+        raise QueueFull(rows[0][1], rows[0][2])
+    raise StorageUnavailable(f"relay_accept answered an unknown status {status!r}")
 
 
 class PgHot:
@@ -257,19 +411,20 @@ class PgHot:
         """``True``: one writer runs the queued accepts in order, batch after batch."""
         return True
 
-    async def _write(self, single: str, batched: str, *args: Any) -> list[Any]:
-        """Queue one call for the next group commit; its rows once committed.
+    async def _write(self, accept: bool, *args: Any) -> Any:
+        """Queue one call for the next group commit; its outcome once committed.
 
         Raises:
             StorageUnavailable: the database failed (or the storage is closing).
+            IdempotencyConflict, UnknownAccount, QueueFull: an accept refused.
         """
         if self._closing:
             raise StorageUnavailable("the storage is closed")
         loop = asyncio.get_running_loop()
         if self._writer is None:
             self._writer = loop.create_task(self._write_loop(), name="e2ee-pg-writer")
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._queue.append(_Call(single, batched, args, future))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Call(accept, args, future))
         self._wake.set()
         return await future
 
@@ -287,60 +442,66 @@ class PgHot:
                 return
 
     async def _commit(self, batch: list[_Call]) -> None:
-        """Run ``batch`` (accepts first, then acks, each kind one pipelined
-        ``fetchmany``: one transaction) and answer every caller; never raises."""
+        """Run ``batch`` as one transaction (its sends as one group, then its acks as
+        one pipelined ``fetchmany``) and answer every caller; never raises."""
         try:
-            for kind in (_ACCEPT_BATCH, _ACK_BATCH):
-                calls = [c for c in batch if c.batched == kind]
-                if calls:
-                    await self._commit_kind(kind, calls)
+            await self._commit_batch(batch)
         except Exception as exc:  # a bug: never leave a caller waiting forever
             log.exception("PostgreSQL writer failed")
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(StorageUnavailable(type(exc).__name__))
+            _fail(batch, StorageUnavailable(type(exc).__name__))
 
-    async def _commit_kind(self, kind: str, calls: list[_Call]) -> None:
+    async def _commit_batch(self, batch: list[_Call]) -> None:
+        accepts = [c for c in batch if c.accept]
+        acks = [c for c in batch if not c.accept]
         try:
             conn = await self._pool.acquire()
         except _DRIVER_ERRORS as exc:
-            _fail(calls, _unavailable(exc))
+            _fail(batch, _unavailable(exc))
             return
         except StorageUnavailable as exc:
-            _fail(calls, exc)
+            _fail(batch, exc)
             return
-        reusable = False
-        rows: list[Any] | None = None
+        reusable = committed = False
+        outcomes: list[tuple[bool, Any]] = []
+        ack_rows: list[Any] = []
         try:
-            rows = await conn.fetchmany(kind, [(*c.args, i) for i, c in enumerate(calls)])
-            reusable = True
+            async with conn.transaction():
+                if accepts:
+                    outcomes = await _accept_group(conn, [c.args for c in accepts])
+                if acks:
+                    ack_rows = await conn.fetchmany(
+                        _ACK_BATCH, [(*c.args, i) for i, c in enumerate(acks)]
+                    )
+            reusable = committed = True
         except asyncpg.PostgresError as exc:
             if conn.is_closed():  # the server ended the session (terminated, shut down)
-                _fail(calls, _unavailable(exc))
+                _fail(batch, _unavailable(exc))
                 return
             reusable = True  # rolled back as a whole: run the calls one by one below
         except _DRIVER_ERRORS as exc:
-            _fail(calls, _unavailable(exc))
+            _fail(batch, _unavailable(exc))
             return
         finally:
             self._pool.release(conn, reusable=reusable)
-        if rows is not None:
-            answers: list[list[Any]] = [[] for _ in calls]
-            for row in rows:
-                answers[row[0]].append(tuple(row)[1:])
-            for call, answer in zip(calls, answers, strict=True):
-                if not call.future.done():
-                    call.future.set_result(answer)
+        if committed:
+            for call, (ok, value) in zip(accepts, outcomes, strict=True):
+                _answer(call, ok, value)
+            gone = {row[0]: row[1] for row in ack_rows}
+            for i, call in enumerate(acks):
+                _answer(call, True, gone[i])
             return
-        for call in calls:  # one by one, in order: a bad call fails alone
+        for call in batch:  # one by one, in order: a bad call fails alone
             try:
-                answer = await self._fetch(call.single, *call.args)
-            except StorageUnavailable as exc:
-                if not call.future.done():
-                    call.future.set_exception(exc)
+                if call.accept:
+                    value = _accept_outcome(
+                        await self._fetch(_ACCEPT, *_accept_params(call.args)), call.args
+                    )
+                else:
+                    value = (await self._fetch(_ACK, *call.args))[0][0]
+            except (StorageUnavailable, IdempotencyConflict, UnknownAccount, QueueFull) as exc:
+                _answer(call, False, exc)
             else:
-                if not call.future.done():
-                    call.future.set_result(answer)
+                _answer(call, True, value)
 
     async def _fetch(self, query: str, *args: object) -> list[Any]:
         """Run one statement (its own transaction), re-running it after a lost race.
@@ -385,7 +546,8 @@ class PgHot:
         expires_at_ms: int,
         queue_quota: int,
     ) -> AcceptOutcome:
-        """:func:`server.storage.sql_ops.accept` as one call of ``relay_accept``.
+        """:func:`server.storage.sql_ops.accept`, in the writer's next group (or, when
+        that group was rolled back, as one call of ``relay_accept``).
 
         Raises:
             IdempotencyConflict: the id was accepted before with another digest.
@@ -397,49 +559,18 @@ class PgHot:
                 the same id answers the original acceptance).
         """
         check_addressed(addressed)
-        tu: list[str] = []
-        td: list[int] = []
-        tct: list[bytes] = []
-        for user_id, devs in addressed:
-            for device_id, ciphertext in devs:
-                tu.append(user_id)
-                td.append(device_id)
-                tct.append(ciphertext)
-        rows = await self._write(
-            _ACCEPT,
-            _ACCEPT_BATCH,
+        outcome: AcceptOutcome = await self._write(
+            True,
             sender_user,
             sender_device,
             client_msg_id,
             digest,
+            addressed,
             now_ms,
             expires_at_ms,
             queue_quota,
-            [u for u, _ in addressed],
-            tu,
-            td,
-            tct,
         )
-        status = rows[0][0] if rows else 0
-        if status == 1:
-            return Acceptance(
-                accepted_at_ms=now_ms,
-                deliveries=tuple((r[1], r[2], r[3]) for r in rows if r[1] is not None),
-                duplicate=False,
-            )
-        if status == 2:
-            return Acceptance(accepted_at_ms=rows[0][3], deliveries=(), duplicate=True)
-        if status == 3:
-            raise IdempotencyConflict(client_msg_id.hex())
-        if status == 4:
-            raise UnknownAccount(rows[0][1])
-        if status == 5:
-            return DeviceMismatch(
-                tuple(MismatchedDevices(r[1], tuple(r[4]), tuple(r[5])) for r in rows)
-            )
-        if status == 6:
-            raise QueueFull(rows[0][1], rows[0][2])
-        raise StorageUnavailable(f"relay_accept answered an unknown status {status!r}")
+        return outcome
 
     async def fetch(
         self, user_id: str, device_id: int, after_seq: int, limit: int, now_ms: int
@@ -463,8 +594,7 @@ class PgHot:
         unique = sorted(set(seqs))
         if not unique:
             return 0
-        rows = await self._write(_ACK, _ACK_BATCH, user_id, device_id, unique)
-        gone: int = rows[0][0]
+        gone: int = await self._write(False, user_id, device_id, unique)
         return gone
 
     async def depth(self, user_id: str, device_id: int) -> int:

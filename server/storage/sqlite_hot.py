@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final, cast
 
@@ -27,6 +26,7 @@ from .base import (
     QueuedMessage,
     QueueFull,
 )
+from .grouped import AcceptGroup
 from .memory import check_addressed, device_mismatch
 
 __all__ = ["GROUPED", "accept", "accept_many", "ack", "ack_many", "fetch"]
@@ -231,7 +231,7 @@ def accept_many(conn: Connection, calls: Sequence[_Call]) -> list[_Outcome]:
             valid.append(i)
     if not valid:
         return cast(list[_Outcome], outcomes)
-    group = _Group()
+    group = AcceptGroup()
     keys = list(dict.fromkeys((calls[i][0], calls[i][1], calls[i][2]) for i in valid))
     for chunk in _chunks(keys):
         params = [p for key in chunk for p in key]
@@ -256,74 +256,6 @@ def accept_many(conn: Connection, calls: Sequence[_Call]) -> list[_Outcome]:
         db.executemany(_RECORD, group.recorded)
         db.executemany(_SET_COUNTERS, [(n, q, u, d) for (u, d), (n, q) in group.changed.items()])
     return cast(list[_Outcome], outcomes)
-
-
-@dataclass
-class _Group:
-    """The state of one :func:`accept_many` group, read once, then kept in memory."""
-
-    records: dict[tuple[str, int, bytes], tuple[bytes, int]] = field(default_factory=dict)
-    """Idempotency records of the group's ids: key -> (digest, accepted_at_ms)."""
-    current: dict[str, set[int]] = field(default_factory=dict)
-    """Every addressed user's devices (a user without an account is absent)."""
-    counters: dict[tuple[str, int], list[int]] = field(default_factory=dict)
-    """``[next_seq, queued]`` of each of those devices."""
-    changed: dict[tuple[str, int], list[int]] = field(default_factory=dict)
-    """The counters the group changed (to write)."""
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    """Queue rows to insert."""
-    recorded: list[tuple[Any, ...]] = field(default_factory=list)
-    """Idempotency records to insert."""
-
-    def accept(
-        self,
-        sender_user: str,
-        sender_device: int,
-        client_msg_id: bytes,
-        digest: bytes,
-        addressed: Sequence[tuple[str, Sequence[tuple[int, bytes]]]],
-        now_ms: int,
-        expires_at_ms: int,
-        queue_quota: int,
-    ) -> AcceptOutcome:
-        """One call of :func:`accept_many` (after :func:`check_addressed`) against the
-        group's state: its checks in :func:`accept`'s order; a refusal changes nothing.
-
-        Raises:
-            IdempotencyConflict, UnknownAccount, QueueFull: as :func:`accept`.
-        """
-        key = (sender_user, sender_device, client_msg_id)
-        previous = self.records.get(key)
-        if previous is not None:
-            if previous[0] != digest:
-                raise IdempotencyConflict(client_msg_id.hex())
-            return Acceptance(accepted_at_ms=previous[1], deliveries=(), duplicate=True)
-        mismatch = device_mismatch(addressed, self.current, sender_user, sender_device)
-        if mismatch is not None:
-            return mismatch
-        targets = [(u, d) for u, devs in addressed for d, _ in devs]
-        for target in targets:
-            if self.counters[target][1] + 1 > queue_quota:
-                raise QueueFull(*target)
-        seqs: dict[tuple[str, int], int] = {}
-        for target in targets:
-            counter = self.counters[target]
-            seqs[target] = counter[0]
-            counter[0] += 1
-            counter[1] += 1
-            self.changed[target] = counter
-        self.rows.extend(
-            (u, d, seqs[(u, d)], sender_user, sender_device, now_ms, expires_at_ms, ct)
-            for u, devs in addressed
-            for d, ct in devs
-        )
-        self.recorded.append((sender_user, sender_device, client_msg_id, digest, now_ms))
-        self.records[key] = (digest, now_ms)
-        return Acceptance(
-            accepted_at_ms=now_ms,
-            deliveries=tuple((u, d, seqs[(u, d)]) for u, d in targets),
-            duplicate=False,
-        )
 
 
 def ack_many(conn: Connection, calls: Sequence[_Call]) -> list[_Outcome]:

@@ -6,6 +6,7 @@ migration's function, and index plans for the raw statements."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -357,20 +358,29 @@ async def test_raw_statements_use_indexes_on_an_empty_churned_queue(pg_url: str)
 
 
 class _FakeConnection:
-    """A hot-path connection whose pipelined batch fails with ``batch_error`` and whose
-    single statements fail for the client message id ``b"bad"``."""
+    """A hot-path connection whose batch (the group's first statement, in a transaction)
+    fails with ``batch_error`` and whose single ``relay_accept`` calls fail for the
+    client message id ``b"bad"``."""
 
     def __init__(self, batch_error: BaseException, *, closes: bool) -> None:
         self.batch_error = batch_error
         self.closes = closes
         self.closed = False
         self.single_calls = 0
+        self.transactions = 0
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        self.transactions += 1
+        yield
 
     async def fetchmany(self, query: str, args: list[tuple[object, ...]]) -> list[object]:
-        self.closed = self.closes
-        raise self.batch_error
+        raise AssertionError("the batch of this test has no ack")
 
     async def fetch(self, query: str, *args: object) -> list[object]:
+        if not query.startswith("SELECT * FROM relay_accept("):
+            self.closed = self.closes
+            raise self.batch_error
         self.single_calls += 1
         if args[2] == b"bad":
             raise asyncpg.CheckViolationError("a bad call")
@@ -423,6 +433,7 @@ async def test_a_failed_batch_runs_its_calls_one_by_one() -> None:
     assert isinstance(good2, Acceptance) and good2.deliveries == (("bob", 10, 3),)
     assert bad == ("StorageUnavailable", ("CheckViolationError: a bad call",))
     assert conn.single_calls == 3
+    assert conn.transactions == 1
     await hot.aclose()
 
 
