@@ -68,6 +68,7 @@ from .errors import (
     TooLarge,
     refusal_for,
 )
+from .fast_decode import fast_client_frame
 from .hub import control_key
 from .notify import device_key
 from .ratelimit import RateLimiter
@@ -299,6 +300,9 @@ class RelaySession:
         if not self._frames.allow(""):
             self._ctx.metrics.refused(ErrorCode.RATE_LIMITED.name.lower())
             return Reply(close=(CloseCode.RATE_LIMITED, "too many frames"))
+        fast = fast_client_frame(data)  # Send and Ack, without the generic decoder
+        if fast is not None:
+            return fast
         try:
             return decode_client_frame(data)
         except (UnknownFrameType, DecodeError) as exc:
