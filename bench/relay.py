@@ -224,6 +224,9 @@ class Target:
     durability: dict[str, str] = field(default_factory=dict)
     origin: str = ""
     accounts: list[BenchAccount] = field(default_factory=list)
+    vacuum_url: str | None = None
+    """PostgreSQL with ``autovacuum`` off: the relay database's URL, vacuumed before
+    each run (:meth:`Bench.before_run`)."""
 
     @property
     def relay(self) -> bool:
@@ -310,6 +313,19 @@ async def pg_admin(url: str, statement: str) -> None:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def pg_setting(url: str, name: str) -> str:
+    """``SHOW name`` on the PostgreSQL server of ``url``."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    asyncpg: Any = importlib.import_module("asyncpg")
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return str(await conn.fetchval(f"SHOW {name}"))
     finally:
         await conn.close()
 
@@ -422,7 +438,16 @@ class Bench:
         guess = self.rate_guess.get(key, 100_000.0 if not target.relay else 15_000.0)
         return max(200, int(guess * seconds * 1.3 / pairs))
 
+    async def before_run(self, target: Target) -> None:
+        """Untimed, before each measurement: on a PostgreSQL server with ``autovacuum``
+        off, vacuum the relay's database (the dead rows of the queue table, every
+        message's insert and delete, would otherwise pile up run after run, which no
+        server with PostgreSQL's default settings lets happen)."""
+        if target.vacuum_url is not None:
+            await pg_admin(target.vacuum_url, "VACUUM (ANALYZE)")
+
     async def throughput_run(self, target: Target, pairs: int) -> ThroughputResult:
+        await self.before_run(target)
         ends = target.ends[:pairs]
         salt = secrets.token_bytes(8)
         key = (target.name, pairs)
@@ -447,6 +472,7 @@ class Bench:
         return result
 
     async def paced_run(self, target: Target) -> PacedResult:
+        await self.before_run(target)
         ends = target.ends[: self.s.paced_pairs]
         salt = secrets.token_bytes(8)
         per_pair = int(self.s.rate * (self.s.warmup_s + self.s.measure_s) * 1.2 / len(ends)) + 10
@@ -732,6 +758,13 @@ async def _start_targets(
             target = await start_relay(
                 name, work, data_dir=work / "pg-data", db_url=url, upgrade=True
             )
+            if await pg_setting(url, "autovacuum") != "on":
+                target.vacuum_url = with_database(settings.pg_admin_url, pg_db)
+                bench.log(
+                    "  autovacuum is off on this PostgreSQL server: the bench runs VACUUM "
+                    "(ANALYZE) on the relay's database before each PostgreSQL run, as "
+                    "autovacuum (on by default) would keep its churned queue table"
+                )
         else:
             raise ValueError(f"unknown backend {name!r}")
         targets.append(target)
@@ -757,6 +790,7 @@ async def _throughput_phase(
     try:
         targets = await _start_targets(bench, work, data_dir, result["refused"], pg_dbs)
         result["durability"] = {t.name: t.durability for t in targets if t.relay}
+        result["vacuumed_before_each_run"] = [t.name for t in targets if t.vacuum_url]
         pairs_needed = max([*settings.pair_counts, settings.paced_pairs])
         for i, target in enumerate(targets):
             t0 = time.perf_counter()
@@ -794,6 +828,10 @@ async def _throughput_phase(
         if name != "bare":
             shown = ", ".join(f"{k}={v}" for k, v in result["durability"][name].items())
             lines.append(f"durability ({name}), read back: {shown} (the shipped defaults)")
+    for name in result["vacuumed_before_each_run"]:
+        lines.append(
+            f"autovacuum ({name}): off on this server; VACUUM (ANALYZE) ran before each run"
+        )
     return lines
 
 

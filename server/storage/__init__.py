@@ -6,11 +6,15 @@ implementation in :mod:`.memory`, SQLite and PostgreSQL in :mod:`.sql`, migratio
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from .base import SchemaOutdated, Storage, StorageUnavailable
 from .urls import MEMORY_URL, parse_storage_url
 
-__all__ = ["MEMORY_URL", "open_storage"]
+__all__ = ["MEMORY_URL", "open_storage", "warn_without_autovacuum"]
+
+log = logging.getLogger(__name__)
 
 
 async def open_storage(
@@ -68,4 +72,36 @@ async def open_storage(
     aengine = postgres_engine(
         parsed.sqlalchemy_url(), echo=echo, pool_size=pool_size or PG_POOL_SIZE
     )
-    return SqlStorage(PostgresRunner(aengine), dialect="postgresql")
+    storage = SqlStorage(PostgresRunner(aengine), dialect="postgresql")
+    await warn_without_autovacuum(storage)
+    return storage
+
+
+async def warn_without_autovacuum(storage: Storage) -> bool:
+    """Log a warning when the PostgreSQL server runs without autovacuum (returns whether
+    it did): every message is inserted into ``message_queue`` and deleted from it, and
+    the table's own autovacuum thresholds (``docs/storage.md``) only apply when the
+    server's ``autovacuum`` is on; without it the dead rows pile up and every send,
+    fetch and acknowledgement slows down. Never raises (a failed check is logged)."""
+    from .sql import SqlStorage  # noqa: PLC0415
+
+    if not isinstance(storage, SqlStorage) or storage.dialect != "postgresql":
+        return False
+    try:
+        value = await storage.read_setting(_show_autovacuum)
+    except Exception as exc:
+        log.warning("could not read PostgreSQL's autovacuum setting: %s", type(exc).__name__)
+        return False
+    if value == "on":
+        return False
+    log.warning(
+        "PostgreSQL runs with autovacuum=%s: the message queue's dead rows will pile up "
+        "and slow the relay down; turn autovacuum on (the default), or run "
+        "'VACUUM (ANALYZE) message_queue' regularly (docs/operating.md)",
+        value,
+    )
+    return True
+
+
+def _show_autovacuum(conn: Any) -> str:
+    return str(conn.exec_driver_sql("SHOW autovacuum").scalar())

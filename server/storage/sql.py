@@ -995,6 +995,14 @@ class SqlStorage:
         """Share links."""
         return self._shares
 
+    async def read_setting(self, fn: Callable[[Connection], str]) -> str:
+        """Run ``fn`` (a read of a server setting) on a reading connection.
+
+        Raises:
+            StorageUnavailable: the database does not answer.
+        """
+        return await self._runner.read_one(fn)
+
     async def ping(self) -> None:
         """A trivial round trip.
 

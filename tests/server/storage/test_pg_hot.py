@@ -16,7 +16,7 @@ import pytest_asyncio
 from alembic import command
 from sqlalchemy.engine import make_url
 
-from server.storage import open_storage
+from server.storage import open_storage, warn_without_autovacuum
 from server.storage.base import (
     Acceptance,
     DeviceMismatch,
@@ -446,3 +446,25 @@ async def test_a_batch_whose_session_ended_fails_every_call() -> None:
     assert results == [("StorageUnavailable", ("AdminShutdownError: terminating connection",))] * 3
     assert conn.single_calls == 0
     await hot.aclose()
+
+
+async def test_a_server_without_autovacuum_is_reported(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay warns at startup when PostgreSQL runs without autovacuum (the queue
+    table's dead rows would pile up); with it on, nothing is logged. Either way the
+    storage opens."""
+    conn = await _admin(pg_url)
+    try:
+        setting = await conn.fetchval("SHOW autovacuum")
+    finally:
+        await conn.close()
+    with caplog.at_level("WARNING", logger="server.storage"):
+        s = await open_storage(pg_url)
+    try:
+        warned = [r for r in caplog.records if "autovacuum" in r.getMessage()]
+        assert bool(warned) == (setting != "on")
+        assert await warn_without_autovacuum(s) == (setting != "on")
+        assert not await warn_without_autovacuum(await open_storage("memory://"))
+    finally:
+        await s.aclose()
