@@ -104,46 +104,29 @@ def test_nothing_is_accepted_that_the_generic_decoder_refuses(data: bytes) -> No
         assert _generic(data) == fast
 
 
+_SEND = bytes.fromhex("a3000201 50") + b"i" * CLIENT_MSG_ID_SIZE
+"""A ``Send`` frame up to its client message id; key 2 follows."""
+
+
 @pytest.mark.parametrize(
     "data",
     [
         # device id 5 in a two-byte head
-        bytes.fromhex("a3000201")
-        + bytes([0x50])
-        + b"i" * 16
-        + bytes.fromhex("0281 82 63 626f62 81 82 1805 41 78"),
+        _SEND + bytes.fromhex("0281 82 63 626f62 81 82 1805 41 78"),
         # ciphertext length 1 in a two-byte head
-        bytes.fromhex("a3000201")
-        + bytes([0x50])
-        + b"i" * 16
-        + bytes.fromhex("0281 82 63 626f62 81 82 05 5801 78"),
+        _SEND + bytes.fromhex("0281 82 63 626f62 81 82 05 5801 78"),
         # user id of 3 characters in a two-byte head
-        bytes.fromhex("a3000201")
-        + bytes([0x50])
-        + b"i" * 16
-        + bytes.fromhex("0281 82 7803 626f62 81 82 05 41 78"),
+        _SEND + bytes.fromhex("0281 82 7803 626f62 81 82 05 41 78"),
         # sequence 7 in a nine-byte head
         bytes.fromhex("a2000301 81 1b0000000000000007"),
         # an upper-case user id, a device id above 32 bits, sequence 0
-        bytes.fromhex("a3000201")
-        + bytes([0x50])
-        + b"i" * 16
-        + bytes.fromhex("0281 82 63 426f62 81 82 05 41 78"),
-        bytes.fromhex("a3000201")
-        + bytes([0x50])
-        + b"i" * 16
-        + bytes.fromhex("0281 82 63 626f62 81 82 1b0000000100000000 41 78"),
+        _SEND + bytes.fromhex("0281 82 63 426f62 81 82 05 41 78"),
+        _SEND + bytes.fromhex("0281 82 63 626f62 81 82 1b0000000100000000 41 78"),
         bytes.fromhex("a2000301 81 00"),
         # a user or a device addressed twice; no user; no sequence
-        bytes.fromhex("a3000201")
-        + bytes([0x50])
-        + b"i" * 16
-        + bytes.fromhex("0282 82 63 626f62 80 82 63 626f62 80"),
-        bytes.fromhex("a3000201")
-        + bytes([0x50])
-        + b"i" * 16
-        + bytes.fromhex("0281 82 63 626f62 82 82 05 41 78 82 05 41 79"),
-        bytes.fromhex("a3000201") + bytes([0x50]) + b"i" * 16 + bytes.fromhex("0280"),
+        _SEND + bytes.fromhex("0282 82 63 626f62 80 82 63 626f62 80"),
+        _SEND + bytes.fromhex("0281 82 63 626f62 82 82 05 41 78 82 05 41 79"),
+        _SEND + bytes.fromhex("0280"),
         bytes.fromhex("a2000301 80"),
     ],
 )
