@@ -326,15 +326,23 @@ async def _accept_group(conn: _Connection, calls: list[tuple[Any, ...]]) -> list
             outcomes.append((True, group.accept(*call)))
         except (IdempotencyConflict, UnknownAccount, QueueFull) as exc:
             outcomes.append((False, exc))
-    if group.rows:
+    if group.recorded:  # a send to no device is recorded too
         counters = [(u, d, n, q) for (u, d), (n, q) in group.changed.items()]
         columns = [
-            list(column)
-            for rows in (group.rows, group.recorded, counters)
-            for column in zip(*rows, strict=True)
+            column
+            for rows, width in ((group.rows, 8), (group.recorded, 5), (counters, 4))
+            for column in _columns(rows, width)
         ]
         await conn.fetch(_GROUP_WRITE, *columns)
     return outcomes
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """``rows`` (each ``width`` values) as ``width`` arrays, one per column (empty
+    arrays when there is no row: a send to no device writes only its record)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _accept_params(args: tuple[Any, ...]) -> tuple[Any, ...]:

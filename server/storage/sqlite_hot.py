@@ -251,7 +251,7 @@ def accept_many(conn: Connection, calls: Sequence[_Call]) -> list[_Outcome]:
             outcomes[i] = (True, group.accept(*calls[i]))
         except Exception as exc:  # a typed refusal of this call only
             outcomes[i] = (False, exc)
-    if group.rows:
+    if group.recorded:  # a send to no device is recorded too
         db.executemany(_ENQUEUE, group.rows)
         db.executemany(_RECORD, group.recorded)
         db.executemany(_SET_COUNTERS, [(n, q, u, d) for (u, d), (n, q) in group.changed.items()])

@@ -287,3 +287,26 @@ async def test_concurrent_calls_answer_as_if_run_one_by_one(people: Storage) -> 
     # The counters went on from where the batch left them.
     later = await send(s, b"m7", [("bob", both_bob), ("alice", [(2, b"")])])
     assert later == Acceptance(T0, (("bob", 10, 3), ("bob", 11, 3), ("alice", 2, 3)), False)
+
+
+async def test_a_send_to_no_device_is_recorded(storage: Storage) -> None:
+    """A send whose addressed users have no device to receive it (a one-device user
+    writing only to their own account) is accepted with no delivery, and its id is
+    recorded all the same: alone, and among other sends of one batch."""
+    s = storage
+    await make(s, "solo", [1])
+    await make(s, "pair", [1, 2])
+    first = await send(s, b"n1", [("solo", [])], sender=("solo", 1))
+    assert first == Acceptance(T0, (), False)
+    together = await asyncio.gather(
+        send(s, b"n2", [("solo", [])], sender=("solo", 1)),
+        send(s, b"p1", [("pair", [(2, b"x")])], sender=("pair", 1)),
+        send(s, b"n2", [("solo", [])], sender=("solo", 1), body=b"other"),
+        return_exceptions=True,
+    )
+    assert together[0] == Acceptance(T0, (), False)
+    assert together[1] == Acceptance(T0, (("pair", 2, 1),), False)
+    assert isinstance(together[2], IdempotencyConflict)
+    with pytest.raises(IdempotencyConflict):
+        await send(s, b"n1", [("solo", [])], sender=("solo", 1), body=b"other")
+    assert await send(s, b"n2", [("solo", [])], sender=("solo", 1)) == Acceptance(T0, (), True)
