@@ -20,25 +20,14 @@ from typing import Any, Final, cast
 from sqlalchemy import Connection
 
 from .base import (
-    Acceptance,
     AcceptOutcome,
-    IdempotencyConflict,
     QueuedMessage,
-    QueueFull,
 )
 from .grouped import AcceptGroup
-from .memory import check_addressed, device_mismatch
+from .memory import check_addressed
 
 __all__ = ["GROUPED", "accept", "accept_many", "ack", "ack_many", "fetch"]
 
-_IDEMPOTENCY = (
-    "SELECT digest, accepted_at_ms FROM idempotency"
-    " WHERE sender_user = ? AND sender_device = ? AND client_msg_id = ?"
-)
-_NEXT_SEQ = (
-    "UPDATE devices SET next_seq = next_seq + 1, queued = queued + 1"
-    " WHERE user_id = ? AND device_id = ? RETURNING next_seq, queued"
-)
 _UNCOUNT = "UPDATE devices SET queued = queued - ? WHERE user_id = ? AND device_id = ?"
 _ENQUEUE = (
     "INSERT INTO message_queue (user_id, device_id, seq, sender_user, sender_device,"
@@ -58,15 +47,6 @@ _FETCH = (
 @cache
 def _in_list(n: int) -> str:
     return ", ".join("?" * n)
-
-
-@cache
-def _addressed_sql(n: int) -> str:
-    return (
-        "SELECT a.user_id, d.device_id FROM accounts a"  # noqa: S608
-        " LEFT JOIN devices d ON d.user_id = a.user_id"
-        f" WHERE a.user_id IN ({_in_list(n)})"
-    )
 
 
 @cache
@@ -130,7 +110,8 @@ def accept(
     expires_at_ms: int,
     queue_quota: int,
 ) -> AcceptOutcome:
-    """:func:`server.storage.sql_ops.accept` in raw SQL.
+    """:func:`server.storage.sql_ops.accept` in raw SQL: :func:`accept_many` with one
+    call (the writer runs every send through the grouped form).
 
     Raises:
         IdempotencyConflict: the id was accepted before with another digest.
@@ -138,45 +119,12 @@ def accept(
         QueueFull: an addressed device's queue is at ``queue_quota``.
         ValueError: a user or device addressed twice.
     """
-    check_addressed(addressed)
-    db = _db(conn)
-    previous = db.execute(_IDEMPOTENCY, (sender_user, sender_device, client_msg_id)).fetchone()
-    if previous is not None:
-        if previous[0] != digest:
-            raise IdempotencyConflict(client_msg_id.hex())
-        return Acceptance(accepted_at_ms=previous[1], deliveries=(), duplicate=True)
-    users = [u for u, _ in addressed]
-    current: dict[str, set[int]] = {}
-    for u, d in db.execute(_addressed_sql(len(users)), users):
-        devices = current.setdefault(u, set())
-        if d is not None:
-            devices.add(d)
-    mismatch = device_mismatch(addressed, current, sender_user, sender_device)
-    if mismatch is not None:
-        return mismatch
-    targets = [(u, d) for u, devs in addressed for d, _ in devs]
-    seqs: dict[tuple[str, int], int] = {}
-    depths: dict[tuple[str, int], int] = {}
-    for u, d in sorted(targets):
-        next_seq, depths[(u, d)] = db.execute(_NEXT_SEQ, (u, d)).fetchone()
-        seqs[(u, d)] = next_seq - 1
-    for target in targets:
-        if depths[target] > queue_quota:
-            raise QueueFull(*target)
-    db.executemany(
-        _ENQUEUE,
-        [
-            (u, d, seqs[(u, d)], sender_user, sender_device, now_ms, expires_at_ms, ct)
-            for u, devs in addressed
-            for d, ct in devs
-        ],
-    )
-    db.execute(_RECORD, (sender_user, sender_device, client_msg_id, digest, now_ms))
-    return Acceptance(
-        accepted_at_ms=now_ms,
-        deliveries=tuple((u, d, seqs[(u, d)]) for u, d in targets),
-        duplicate=False,
-    )
+    args = (sender_user, sender_device, client_msg_id, digest, addressed)
+    ((ok, value),) = accept_many(conn, [(*args, now_ms, expires_at_ms, queue_quota)])
+    if not ok:
+        raise value
+    outcome: AcceptOutcome = value
+    return outcome
 
 
 def fetch(
@@ -190,15 +138,10 @@ def fetch(
 
 
 def ack(conn: Connection, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
-    """:func:`server.storage.sql_ops.ack` in raw SQL."""
-    unique = sorted(set(seqs))
-    if not unique:
-        return 0
-    db = _db(conn)
-    gone: int = db.execute(_ack_sql(len(unique)), (user_id, device_id, *unique)).rowcount
-    if gone:
-        db.execute(_UNCOUNT, (gone, user_id, device_id))
-    return gone
+    """:func:`server.storage.sql_ops.ack` in raw SQL: :func:`ack_many` with one call."""
+    ((_, gone),) = ack_many(conn, [(user_id, device_id, seqs)])
+    count: int = gone
+    return count
 
 
 _Call = tuple[Any, ...]
