@@ -46,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -305,29 +305,29 @@ async def start_relay(
 # --- PostgreSQL database of the run ----------------------------------------------------
 
 
-async def pg_admin(url: str, statement: str) -> None:
+@contextlib.asynccontextmanager
+async def _pg(url: str) -> AsyncIterator[Any]:
+    """An asyncpg connection to the server (and database) of ``url``, closed after."""
     from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     asyncpg: Any = importlib.import_module("asyncpg")  # untyped; only PostgreSQL needs it
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        await conn.execute(statement)
+        yield conn
     finally:
         await conn.close()
+
+
+async def pg_admin(url: str, statement: str) -> None:
+    async with _pg(url) as conn:
+        await conn.execute(statement)
 
 
 async def pg_setting(url: str, name: str) -> str:
     """``SHOW name`` on the PostgreSQL server of ``url``."""
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
-
-    asyncpg: Any = importlib.import_module("asyncpg")
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
+    async with _pg(url) as conn:
         return str(await conn.fetchval(f"SHOW {name}"))
-    finally:
-        await conn.close()
 
 
 async def postgres_reachable(url: str) -> str | None:
