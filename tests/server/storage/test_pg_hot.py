@@ -16,7 +16,7 @@ import pytest_asyncio
 from alembic import command
 from sqlalchemy.engine import make_url
 
-from server.storage import open_storage, warn_without_autovacuum
+from server.storage import open_storage, pg_hot, warn_without_autovacuum
 from server.storage.base import (
     Acceptance,
     DeviceMismatch,
@@ -468,3 +468,28 @@ async def test_a_server_without_autovacuum_is_reported(
         assert not await warn_without_autovacuum(await open_storage("memory://"))
     finally:
         await s.aclose()
+
+
+async def test_group_statements_use_indexes_on_an_empty_churned_queue(pg_url: str) -> None:
+    """The grouped sends' read (with its row locks) and write reach every table by
+    index, with the relay's session settings, as the plain hot statements do."""
+    await truncate_all(pg_url)
+    await churn(pg_url)
+    read_args = (["b0", "b1"], ["a0"], [1], [b"m" * 16])
+    write_args = (
+        *(["b0"], [1], [1], ["a0"], [1], [T0], [T0 + 1], [b"c"]),
+        *(["a0"], [1], [b"m" * 16], [b"d"], [T0]),
+        *(["b0"], [1], [2], [1]),
+    )
+    conn = await _admin(pg_url)
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        for name, sql, args in (
+            ("group read", pg_hot._GROUP_READ, read_args),
+            ("group write", pg_hot._GROUP_WRITE, write_args),
+        ):
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+            assert "Seq Scan" not in plan, f"{name}:\n{plan}"
+            assert "Index" in plan, f"{name}:\n{plan}"
+    finally:
+        await conn.close()
