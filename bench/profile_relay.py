@@ -1,9 +1,10 @@
 """Where the relay's time goes under the benchmark's load (py-spy, sampling).
 
-``python -m bench.profile_relay [--db sqlite|postgres] [--pairs 10] [--seconds 8]``
-starts the relay as bench/relay.py does (bench/launch.py, shipped durability, the
-bench's rate limits), connects the pairs, runs the closed-loop load of the
-throughput measurement and records the relay process with ``py-spy record`` (``pip
+``python -m bench.profile_relay [--db sqlite|postgres] [--pairs 10] [--seconds 8]
+[--rate MSG_PER_S]`` starts the relay as bench/relay.py does (bench/launch.py, shipped
+durability, the bench's rate limits), connects the pairs, runs the closed-loop load of
+the throughput measurement (or, with ``--rate``, the paced load of the latency
+measurement over ``--pairs`` pairs) and records the relay process with ``py-spy record`` (``pip
 install py-spy``; it samples the running process, so the relay runs unmodified). It
 prints the messages/s reached, the CPU used, and the samples by layer (relay code,
 SQLAlchemy, driver, asyncio, uvicorn/websockets/starlette, e2ee), the functions with
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from .loadgen import PacedResult, ThroughputResult
 from .relay import (
     DEFAULT_PG_ADMIN_URL,
     Bench,
@@ -103,7 +105,9 @@ def summarize_stacks(raw: str, top: int = 25) -> list[str]:
     return lines
 
 
-async def _profile(db: str, pairs: int, seconds: float, raw_path: Path | None) -> int:
+async def _profile(
+    db: str, pairs: int, seconds: float, raw_path: Path | None, rate: float | None
+) -> int:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
@@ -122,16 +126,28 @@ async def _profile(db: str, pairs: int, seconds: float, raw_path: Path | None) -
             target = await start_relay("postgres", work, data_dir=work, db_url=url, upgrade=True)
         print(f"relay on {db}: durability {target.durability}", flush=True)
         await target.connect_pairs(pairs, seed=4242)
-        bench = Bench(Settings(warmup_s=1.0, measure_s=seconds), time.perf_counter())
+        settings = Settings(warmup_s=1.0, measure_s=seconds, paced_pairs=pairs)
+        if rate is not None:
+            settings.rate = rate
+        bench = Bench(settings, time.perf_counter())
         out = raw_path or work / "stacks.txt"
         argv = [py_spy, "record", "-p", str(target.server.pid), "-d", str(round(seconds))]
         argv += ["-r", str(SAMPLE_RATE), "-f", "raw", "-o", str(out)]
         recorder = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        result = await bench.throughput_run(target, pairs)
+        result: ThroughputResult | PacedResult
+        if rate is None:
+            result = await bench.throughput_run(target, pairs)
+            reached = f"{result.msgs_per_s:,.0f} msg/s"
+        else:
+            result = paced = await bench.paced_run(target)
+            reached = (
+                f"paced {paced.achieved_rate:,.0f} msg/s, p50 {paced.p50_ms:.2f} ms, "
+                f"p99 {paced.p99_ms:.2f} ms"
+            )
         _, err = recorder.communicate(timeout=seconds + 30)
         share = cpu_share(result.probes)
         print(
-            f"{pairs} pairs: {result.msgs_per_s:,.0f} msg/s; CPU in cores: relay "
+            f"{pairs} pairs: {reached}; CPU in cores: relay "
             f"{share['server']:.2f}, load generator {share['loadgen']:.2f}, PostgreSQL "
             f"{share['postgres']:.2f}, other {share['other']:.2f}"
         )
@@ -160,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw stacks in this file")
+    parser.add_argument(
+        "--rate", type=float, help="paced messages/s over --pairs pairs instead of the closed loop"
+    )
     args = parser.parse_args(argv)
-    return asyncio.run(_profile(args.db, args.pairs, args.seconds, args.raw))
+    return asyncio.run(_profile(args.db, args.pairs, args.seconds, args.raw, args.rate))
 
 
 if __name__ == "__main__":

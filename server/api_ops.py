@@ -18,7 +18,7 @@ from e2ee.relay_frames import (
     RELAY_PROTOCOL_VERSIONS,
 )
 
-from . import limits
+from . import api_blobs, limits
 from .context import RelayContext
 from .metrics import CONTENT_TYPE_LATEST
 from .storage.base import StorageError
@@ -49,6 +49,7 @@ def client_config(ctx: RelayContext) -> dict[str, Any]:
         "max_share_size": s.max_share_size_bytes,
         "queue_quota": s.queue_quota,
         "blob_quota_bytes": s.blob_quota_bytes,
+        "max_blob_size": api_blobs.MAX_BLOB_SIZE,
         "blob_chunk_size": limits.BLOB_CHUNK_SIZE,
         "link_max_blob": limits.LINK_MAX_BLOB,
         "link_ttl_ms": limits.LINK_TTL_SECONDS * 1000,

@@ -243,8 +243,10 @@ class RelayConfig:
     max_prekeys_per_upload: int
     message_ttl_ms: int
     max_share_link_ttl_ms: int
+    max_share_size: int
     queue_quota: int
     blob_quota_bytes: int
+    max_blob_size: int
     blob_chunk_size: int
     link_max_blob: int
     link_ttl_ms: int

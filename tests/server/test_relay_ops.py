@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from e2ee.relay_frames import CaughtUp, CloseCode, Error, ErrorCode
-from server import limits
+from server import api_blobs, limits
 from server.errors import REFUSALS, ConfigError, RateLimited, TooLarge, refusal_for
 from server.ratelimit import RateLimiter
 from server.session import DeliveryWindow
@@ -52,6 +52,9 @@ async def test_health_ready_metrics_openapi_config(memory_relay: RunningRelay) -
     assert config["max_frame"] == limits.MAX_FRAME
     assert config["message_ttl_ms"] == limits.MESSAGE_TTL_SECONDS * 1000
     assert config["max_share_link_ttl_ms"] == limits.MAX_SHARE_LINK_TTL_SECONDS * 1000
+    assert config["max_share_size"] == limits.MAX_SHARE_SIZE_BYTES
+    assert config["max_blob_size"] == api_blobs.MAX_BLOB_SIZE
+    assert config["blob_quota_bytes"] == limits.BLOB_QUOTA_BYTES
     await conn.close()
 
 
