@@ -12,7 +12,8 @@ any caller is answered). The statements:
   ``0002`` (idempotency check, device-set check, locking the target devices in
   sorted order, quota check, sequence numbers, queue rows and the idempotency record),
   when a group of sends (below) had to be run again call by call;
-* ack: one ``DELETE ... RETURNING`` with the ``queued`` counter update in a CTE;
+* ack: one ``DELETE ... RETURNING`` with the ``queued`` counter update in a CTE,
+  when a batch (below) had to be run again call by call;
 * fetch, depth, the device lookup: one ``SELECT``.
 
 They implement exactly :mod:`server.storage.sql_ops`'s ``accept``, ``fetch``, ``ack``,
@@ -24,15 +25,18 @@ same session settings as the SQLAlchemy engine's (``synchronous_commit`` on,
 
 **Group commit.** Accepts and acks do not run one statement per call: a single writer
 task per relay process queues them and runs everything queued (at most
-:data:`MAX_BATCH` calls) as one transaction, one batch after the other: BEGIN; the
-batch's sends as one group (one statement reads the addressed users' devices with
-their counters, locking the device rows in the one order every multi-device locker
-uses, and the idempotency records of the group's ids; the checks of each send run in
-memory, in order, :class:`~server.storage.grouped.AcceptGroup`; one statement writes
-the queue rows, the records and the counters from arrays); the batch's acks as one
-pipelined ``fetchmany`` (one Bind/Execute per call, one Sync); COMMIT. Five round
-trips and one commit per batch, and a few set-based statements instead of about six
-inside ``relay_accept`` per send (PostgreSQL's own CPU was most of a send's cost).
+:data:`MAX_BATCH` calls) as one transaction, one batch after the other: BEGIN; one
+statement reads the addressed users' devices with their counters, locking the device
+rows in the one order every multi-device locker uses, and the idempotency records of
+the group's ids; the checks of each send run in memory, in order
+(:class:`~server.storage.grouped.AcceptGroup`); one statement writes the queue rows,
+the records, deletes the batch's acknowledged entries and sets every touched device's
+counters from arrays; COMMIT. Four round trips and one commit per batch with sends
+(one, the write statement alone, with acks only), and a few set-based statements
+instead of about six inside ``relay_accept`` per send (PostgreSQL's own CPU was most
+of a send's cost). The acks of a batch apply after its sends, as run one by one in
+that order (an entry the batch itself inserts is deleted in memory: the write
+statement's parts see one snapshot).
 Under load a batch holds many sends, and calls are accepted in the order they were
 queued (:attr:`PgHot.accepts_in_order`). A batch that fails as a whole on a server
 error (a lost race, a deadlock with another node, a constraint) is rolled back and
@@ -122,19 +126,42 @@ _GROUP_WRITE = (
     " accepted_at_ms)"
     " SELECT * FROM unnest($9::text[], $10::bigint[], $11::bytea[], $12::bytea[],"
     " $13::bigint[])"
-    ")"
-    " UPDATE devices d SET next_seq = c.n, queued = c.q"
-    " FROM unnest($14::text[], $15::bigint[], $16::bigint[], $17::bigint[]) AS c(u, dv, n, q)"
+    "), gone AS ("
+    " DELETE FROM message_queue m WHERE m.ctid = ANY (ARRAY("
+    " SELECT e.ctid FROM unnest($18::text[], $19::bigint[], $20::bigint[]) AS a(u, dv, s)"
+    " CROSS JOIN LATERAL ("
+    " SELECT ctid FROM message_queue WHERE user_id = a.u AND device_id = a.dv AND seq = a.s"
+    " LIMIT 1"
+    " ) AS e"
+    " ))"
+    " RETURNING m.user_id, m.device_id, m.seq"
+    "), counted AS ("
+    " UPDATE devices d"
+    " SET next_seq = coalesce(c.n, d.next_seq), queued = coalesce(c.q, d.queued) - c.gone"
+    " FROM ("
+    " SELECT u, dv, max(n) AS n, max(q) AS q, sum(k) AS gone FROM ("
+    " SELECT u, dv, n, q, 0 AS k"
+    " FROM unnest($14::text[], $15::bigint[], $16::bigint[], $17::bigint[]) AS s(u, dv, n, q)"
+    " UNION ALL SELECT user_id, device_id, NULL, NULL, 1 FROM gone"
+    " ) AS x GROUP BY u, dv"
+    " ) AS c"
     " WHERE d.user_id = c.u AND d.device_id = c.dv"
+    ")"
+    " SELECT user_id, device_id::bigint, seq::bigint FROM gone"
 )
-"""What a group of sends writes, in one statement: the queue rows, the idempotency
-records and the devices' new counters."""
+"""What a batch writes, in one statement: the group's queue rows and idempotency
+records, the deletion of the batch's acknowledged entries, and the counters of every
+device it touched (a device the group sent to gets its new ``next_seq`` and ``queued``,
+any device less what the acks deleted there), each device reached by one index probe
+(joined on computed keys, PostgreSQL scanned them all or compared every pair). Returns
+the deleted entries. Its parts see one snapshot, so an ack of an entry the same batch
+inserts is applied in memory (:func:`_claim_acks`)."""
 _FETCH = (
     "SELECT seq, sender_user, sender_device, accepted_at_ms, ciphertext FROM message_queue"
     " WHERE user_id = $1 AND device_id = $2 AND seq > $3 AND expires_at_ms > $4"
     " ORDER BY seq LIMIT $5"
 )
-_ACK_CTES = (
+_ACK = (
     "WITH gone AS ("
     " DELETE FROM message_queue"
     " WHERE user_id = $1 AND device_id = $2 AND seq = ANY($3::bigint[]) RETURNING seq"
@@ -143,12 +170,10 @@ _ACK_CTES = (
     " UPDATE devices SET queued = queued - n.n FROM n"
     " WHERE user_id = $1 AND device_id = $2 AND n.n > 0"
     ")"
+    " SELECT n FROM n"
 )
-_ACK = _ACK_CTES + " SELECT n FROM n"  # noqa: S608 - constants only
-"""Delete the acknowledged entries and uncount them in one statement (the ``devices``
-row is locked after the queue rows, as the purge does)."""
-_ACK_BATCH = _ACK_CTES + " SELECT $4::integer AS i, n FROM n"  # noqa: S608 - constants only
-"""``_ACK`` with the call's index in its batch first."""
+"""Delete one ack's entries and uncount them in one statement (the ``devices`` row is
+locked after the queue rows, as the purge does), when a batch runs call by call."""
 MAX_BATCH: Final = 256
 """Calls in one group commit at most (the rest wait for the next)."""
 _DEPTH = "SELECT queued FROM devices WHERE user_id = $1 AND device_id = $2"
@@ -179,8 +204,6 @@ class _Connection(Protocol):
     """The part of ``asyncpg.Connection`` this module uses."""
 
     async def fetch(self, query: str, *args: object) -> list[Any]: ...
-
-    async def fetchmany(self, query: str, args: list[tuple[Any, ...]]) -> list[Any]: ...
 
     async def close(self, *, timeout: float | None = None) -> None: ...
 
@@ -296,45 +319,86 @@ def _answer(call: _Call, ok: bool, value: Any) -> None:
             call.future.set_exception(value)
 
 
-async def _accept_group(conn: _Connection, calls: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
-    """The sends of one batch (each :meth:`PgHot.accept`'s arguments) in the open
-    transaction of ``conn``: one statement reads (and locks) what they need, the checks
-    run in memory in order (:class:`~server.storage.grouped.AcceptGroup`), one
-    statement writes. Returns ``(True, outcome)`` or ``(False, typed refusal)`` per send.
+async def _write_batch(
+    conn: _Connection, sends: list[tuple[Any, ...]], acks: list[tuple[Any, ...]]
+) -> tuple[list[tuple[bool, Any]], list[int]]:
+    """The sends (each :meth:`PgHot.accept`'s arguments) and acks (each ``_ACK``'s
+    parameters) of one batch on ``conn``: with sends, in its open transaction, one
+    statement reads (and locks) what they need and the checks run in memory in order
+    (:class:`~server.storage.grouped.AcceptGroup`); then one statement writes the sends
+    and deletes the acknowledged entries (with acks only, that statement is the whole
+    batch, its own transaction). Returns ``(True, outcome)`` or ``(False, typed
+    refusal)`` per send, and how many entries each ack deleted.
 
     Raises:
         asyncpg.PostgresError: the database refused (the caller rolls back and runs
             the calls one by one).
     """
-    users = list(dict.fromkeys(u for call in calls for u, _ in call[4]))
-    keys = list(dict.fromkeys((call[0], call[1], call[2]) for call in calls))
     group = AcceptGroup()
-    rows = await conn.fetch(
-        _GROUP_READ, users, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-    )
-    for kind, user, device, n, q, msg_id, digest in rows:
-        if kind == 0:
-            devices = group.current.setdefault(user, set())
-            if device is not None:
-                devices.add(device)
-                group.counters[(user, device)] = [n, q]
-        else:
-            group.records[(user, device, msg_id)] = (digest, n)
     outcomes: list[tuple[bool, Any]] = []
-    for call in calls:
-        try:
-            outcomes.append((True, group.accept(*call)))
-        except (IdempotencyConflict, UnknownAccount, QueueFull) as exc:
-            outcomes.append((False, exc))
-    if group.recorded:  # a send to no device is recorded too
+    if sends:
+        users = list(dict.fromkeys(u for call in sends for u, _ in call[4]))
+        keys = list(dict.fromkeys((call[0], call[1], call[2]) for call in sends))
+        rows = await conn.fetch(
+            _GROUP_READ, users, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+        )
+        for kind, user, device, n, q, msg_id, digest in rows:
+            if kind == 0:
+                devices = group.current.setdefault(user, set())
+                if device is not None:
+                    devices.add(device)
+                    group.counters[(user, device)] = [n, q]
+            else:
+                group.records[(user, device, msg_id)] = (digest, n)
+        for call in sends:
+            try:
+                outcomes.append((True, group.accept(*call)))
+            except (IdempotencyConflict, UnknownAccount, QueueFull) as exc:
+                outcomes.append((False, exc))
+    counts, owners = _claim_acks(group, acks)
+    if group.recorded or owners:  # a send to no device is recorded too
         counters = [(u, d, n, q) for (u, d), (n, q) in group.changed.items()]
         columns = [
             column
-            for rows, width in ((group.rows, 8), (group.recorded, 5), (counters, 4))
+            for rows, width in (
+                (group.rows, 8),
+                (group.recorded, 5),
+                (counters, 4),
+                (list(owners), 3),
+            )
             for column in _columns(rows, width)
         ]
-        await conn.fetch(_GROUP_WRITE, *columns)
-    return outcomes
+        for user, device, seq in await conn.fetch(_GROUP_WRITE, *columns):
+            counts[owners[(user, device, seq)]] += 1
+    return outcomes, counts
+
+
+def _claim_acks(
+    group: AcceptGroup, acks: list[tuple[Any, ...]]
+) -> tuple[list[int], dict[tuple[str, int, int], int]]:
+    """Each acknowledged entry of a batch's acks, for the first ack that names it (a
+    later one finds it gone, as run one by one). An entry the batch's own sends insert
+    is dropped from ``group`` here (the write statement's deletion would not see it)
+    and counted at once. Returns the counts so far per ack and the entries left for the
+    write statement to delete, each with the index of its ack."""
+    counts = [0] * len(acks)
+    owners: dict[tuple[str, int, int], int] = {}
+    inserted = {(row[0], row[1], row[2]) for row in group.rows}
+    dropped: set[tuple[str, int, int]] = set()
+    for i, (user, device, seqs) in enumerate(acks):
+        for seq in seqs:
+            key = (user, device, seq)
+            if key in owners or key in dropped:
+                continue
+            if key in inserted:
+                dropped.add(key)
+                group.counters[(user, device)][1] -= 1
+                counts[i] += 1
+            else:
+                owners[key] = i
+    if dropped:
+        group.rows = [row for row in group.rows if (row[0], row[1], row[2]) not in dropped]
+    return counts, owners
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -450,8 +514,9 @@ class PgHot:
                 return
 
     async def _commit(self, batch: list[_Call]) -> None:
-        """Run ``batch`` as one transaction (its sends as one group, then its acks as
-        one pipelined ``fetchmany``) and answer every caller; never raises."""
+        """Run ``batch`` as one transaction (its sends as one group, then its acks, in
+        one write statement: :func:`_write_batch`) and answer every caller; never
+        raises."""
         try:
             await self._commit_batch(batch)
         except Exception as exc:  # a bug: never leave a caller waiting forever
@@ -471,15 +536,15 @@ class PgHot:
             return
         reusable = committed = False
         outcomes: list[tuple[bool, Any]] = []
-        ack_rows: list[Any] = []
+        counts: list[int] = []
         try:
-            async with conn.transaction():
-                if accepts:
-                    outcomes = await _accept_group(conn, [c.args for c in accepts])
-                if acks:
-                    ack_rows = await conn.fetchmany(
-                        _ACK_BATCH, [(*c.args, i) for i, c in enumerate(acks)]
+            if accepts:
+                async with conn.transaction():
+                    outcomes, counts = await _write_batch(
+                        conn, [c.args for c in accepts], [c.args for c in acks]
                     )
+            else:  # one statement: a transaction of its own
+                outcomes, counts = await _write_batch(conn, [], [c.args for c in acks])
             reusable = committed = True
         except asyncpg.PostgresError as exc:
             if conn.is_closed():  # the server ended the session (terminated, shut down)
@@ -494,9 +559,8 @@ class PgHot:
         if committed:
             for call, (ok, value) in zip(accepts, outcomes, strict=True):
                 _answer(call, ok, value)
-            gone = {row[0]: row[1] for row in ack_rows}
-            for i, call in enumerate(acks):
-                _answer(call, True, gone[i])
+            for call, count in zip(acks, counts, strict=True):
+                _answer(call, True, count)
             return
         for call in batch:  # one by one, in order: a bad call fails alone
             try:

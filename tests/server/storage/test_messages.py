@@ -289,6 +289,27 @@ async def test_concurrent_calls_answer_as_if_run_one_by_one(people: Storage) -> 
     assert later == Acceptance(T0, (("bob", 10, 3), ("bob", 11, 3), ("alice", 2, 3)), False)
 
 
+async def test_acks_issued_together_delete_each_entry_once(people: Storage) -> None:
+    """Acks issued together (one batch, with no send in it) for entries stored before:
+    the first ack naming an entry deletes and uncounts it, a later one in the same batch
+    finds it gone, as run one by one; a device only acknowledged to is uncounted too."""
+    s = people
+    for i in range(3):
+        await send(s, b"k%d" % i, [("bob", [(10, b"x"), (11, b"y")]), ("alice", [(2, b"z")])])
+    got = await asyncio.gather(
+        s.messages.ack("bob", 10, [1, 2]),
+        s.messages.ack("bob", 10, [2, 3]),
+        s.messages.ack("bob", 11, [3]),
+        s.messages.ack("bob", 11, [3, 9]),
+        s.messages.ack("alice", 2, [2]),
+    )
+    assert got == [2, 1, 1, 0, 1]
+    depths = [await s.messages.depth(u, d) for u, d in (("bob", 10), ("bob", 11), ("alice", 2))]
+    assert depths == [0, 2, 2]
+    assert [m.seq for m in await s.messages.fetch("bob", 11, 0, 10, T0)] == [1, 2]
+    assert [m.seq for m in await s.messages.fetch("alice", 2, 0, 10, T0)] == [1, 3]
+
+
 async def test_a_send_to_no_device_is_recorded(storage: Storage) -> None:
     """A send whose addressed users have no device to receive it (a one-device user
     writing only to their own account) is accepted with no delivery, and its id is
