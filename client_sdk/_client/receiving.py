@@ -158,10 +158,13 @@ def _check_attachment(payload: Payload) -> None:
         AttachmentPointer.from_ref(body)
 
 
-async def _last_seq(tx: Transaction) -> int:
-    """The highest relay sequence number this device processed (0: none yet)."""
-    data = await tx.get(Table.META, records.LAST_SEQ)
-    return 0 if data is None else int.from_bytes(data, "big")
+async def _seq_window(tx: Transaction) -> records.SeqWindow:
+    """The relay sequence numbers this device processed.
+
+    Raises:
+        StoreCorrupt: the stored record does not decode.
+    """
+    return records.SeqWindow.from_bytes(await tx.get(Table.META, records.LAST_SEQ))
 
 
 class _MessageStream:
@@ -365,8 +368,9 @@ class ReceivingMixin(ClientBase):
                 if result.no_one_time_prekey:
                     await self._emit(tx, NoOneTimePreKey(user, dev))
                 await self._store_payload(tx, delivery, lookup, result.plaintext)
-            if delivery.seq > await _last_seq(tx):
-                await tx.put(Table.META, records.LAST_SEQ, delivery.seq.to_bytes(8, "big"))
+            window = await _seq_window(tx)
+            window.mark(delivery.seq)
+            await tx.put(Table.META, records.LAST_SEQ, window.to_bytes())
         await conn.ack([delivery.seq])
 
     async def _duplicate(self, tx: Transaction, delivery: Delivery) -> None:
@@ -375,7 +379,7 @@ class ReceivingMixin(ClientBase):
         redelivery of a message whose acknowledgement was lost (a dropped connection, a
         crash before the ack left): dropped silently. Under a new sequence number the
         relay queued it again, which an honest relay never does: ``ReplayDropped``."""
-        if delivery.seq <= await _last_seq(tx):
+        if (await _seq_window(tx)).processed(delivery.seq):
             logger.info("a redelivery of a processed message was dropped")
             return
         logger.warning("a replayed message was dropped")

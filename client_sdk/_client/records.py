@@ -57,6 +57,7 @@ __all__ = [
     "OUTBOX_NEXT",
     "OWN_LIST_PENDING",
     "PREKEYS",
+    "SEQ_WINDOW",
     "UPKEEP",
     "USED_DEVICE_IDS",
     "AccountRecord",
@@ -67,6 +68,7 @@ __all__ = [
     "OutboxRecord",
     "PendingListRecord",
     "RefreshRecord",
+    "SeqWindow",
     "Stage",
     "next_counter",
 ]
@@ -590,8 +592,65 @@ class RefreshRecord:
 # --- recovery (client_sdk._client.recovery, client_sdk._client.sending) -----------------
 
 LAST_SEQ: Final = b"last_seq"
-"""META: the highest relay sequence number this device processed (8 bytes, big-endian):
-a duplicate under a sequence number up to it is a redelivery, not a replay."""
+"""META: the relay sequence numbers this device processed, as a :class:`SeqWindow`."""
+SEQ_WINDOW: Final = 1024
+"""Sequence numbers below the highest processed one whose state a device remembers
+(processed or not): an anti-replay window, as IPsec's. A relay redelivers only what
+was not acknowledged, at most its delivery window (256 by default) behind."""
+
+
+@dataclass(slots=True)
+class SeqWindow:
+    """The relay sequence numbers this device processed: the highest, and of the
+    :data:`SEQ_WINDOW` below it which ones (bit ``i`` of ``seen``: ``last - i``).
+
+    A duplicate message under a number processed before is the relay's redelivery of a
+    message whose acknowledgement was lost; under any other number it was queued again,
+    which an honest relay never does. A relay that delivers one message under a huge
+    number cannot hide later replays below it: a number never processed stays new.
+    Stored as 8 bytes of ``last`` and :data:`SEQ_WINDOW` / 8 bytes of ``seen``
+    (big-endian); the 8-byte form of earlier versions (``last`` alone, everything up to
+    it processed) is read as a full window.
+    """
+
+    last: int = 0
+    seen: int = 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> SeqWindow:
+        """The stored window (``None``: nothing processed yet).
+
+        Raises:
+            StoreCorrupt: neither stored form.
+        """
+        if data is None:
+            return cls()
+        if len(data) == 8:
+            return cls(int.from_bytes(data, "big"), (1 << SEQ_WINDOW) - 1)
+        if len(data) != 8 + SEQ_WINDOW // 8:
+            raise StoreCorrupt("sequence window record has a wrong size", table=Table.META.value)
+        return cls(int.from_bytes(data[:8], "big"), int.from_bytes(data[8:], "big"))
+
+    def to_bytes(self) -> bytes:
+        """The stored form."""
+        return self.last.to_bytes(8, "big") + self.seen.to_bytes(SEQ_WINDOW // 8, "big")
+
+    def processed(self, seq: int) -> bool:
+        """Whether ``seq`` was processed (below the window: taken as not)."""
+        offset = self.last - seq
+        return 0 <= offset < SEQ_WINDOW and (self.seen >> offset) & 1 == 1
+
+    def mark(self, seq: int) -> None:
+        """Record ``seq`` as processed."""
+        if seq > self.last:
+            shift = seq - self.last
+            kept = self.seen << shift if shift < SEQ_WINDOW else 0
+            self.seen = (kept | 1) & ((1 << SEQ_WINDOW) - 1)
+            self.last = seq
+        elif self.last - seq < SEQ_WINDOW:
+            self.seen |= 1 << (self.last - seq)
+
+
 RECOVERY_NEXT: Final = b"recovery_next"
 """META: counter of queued recovery jobs (:class:`RetryJobRecord`, :class:`ResendJobRecord`)."""
 SENT_MESSAGE_PREFIX: Final = b"rv/m/"

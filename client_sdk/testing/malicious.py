@@ -42,10 +42,10 @@ Deliveries a hook invents carry sequence numbers the relay never assigned, drawn
 one counter shared by every hook of the process, from :data:`INVENTED_SEQ_BASE` up
 (above any sequence number a relay assigns in a test); the hook removes the client's
 acknowledgements of them from its ``Ack`` frames (dropping an ``Ack`` that held only
-those), so the relay never sees them. A client processes deliveries by sequence number
-only to tell a redelivery from a replay, so an invented number leaves its "highest
-sequence processed" at that value for good: a later replay under a real (lower)
-sequence number is then dropped silently, without ``ReplayDropped``.
+those), so the relay never sees them. A client uses sequence numbers only to tell a
+redelivery (a number it processed) from a replay (any other number); it remembers which
+of the numbers below its highest it processed, so an invented number far above the
+relay's does not make a later replay under a real number pass for a redelivery.
 
 The hooks keep no key material of the users (they have none); they log at DEBUG with
 user and device ids, never ciphertexts.
@@ -854,7 +854,8 @@ class ForgeRetryRequest(MaliciousHook):
     ``RetryRequestDropped(peer_user, peer_device, "unknown")``, nothing resent. For a
     reused counter the sender finds the message it did send and resends it once on a
     new session (consuming a one-time prekey); the peer already has it and drops the
-    copy, so nothing is shown twice.
+    copy, under a sequence number it never processed: ``ReplayDropped(user_id,
+    sender_device)``; nothing is shown twice.
     """
 
     def __init__(self, user_id: str, peer_user: str, *, reuse_counter: bool = False) -> None:

@@ -203,6 +203,15 @@ async def test_one_prekey_message_processed_twice_at_once_makes_one_session(
         assert acks == [delivery.seq, delivery.seq, delivery.seq + 1000]
         async with bob._store.transaction() as tx:
             assert await tx.count(Table.INBOX) == 1
+        # a relay delivering it under a huge number first does not make the numbers
+        # below it (never processed) pass for redeliveries: still replays
+        for seq in (2**62, delivery.seq + 1, delivery.seq + 1000):
+            await bob._receive(conn, dataclasses.replace(delivery, seq=seq))
+        replay = ReplayDropped(alice.user_id, alice.device_id)
+        # the one above, then 2**62 and seq + 1; seq + 1000 again is a redelivery
+        assert await _events(bob) == [replay, replay, replay]
+        async with bob._store.transaction() as tx:
+            assert await tx.count(Table.INBOX) == 1
 
 
 STEP = 10.0
