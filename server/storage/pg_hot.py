@@ -26,9 +26,10 @@ same session settings as the SQLAlchemy engine's (``synchronous_commit`` on,
 **Group commit.** Accepts and acks do not run one statement per call: a single writer
 task per relay process queues them and runs everything queued (at most
 :data:`MAX_BATCH` calls) as one transaction, one batch after the other: BEGIN; one
-statement reads the addressed users' devices with their counters, locking the device
-rows in the one order every multi-device locker uses, and the idempotency records of
-the group's ids; the checks of each send run in memory, in order
+statement reads the addressed users' devices with their counters, locking them and the
+acknowledging users' device rows at once in the one order every multi-device locker
+uses (so two nodes' batches never deadlock), and the idempotency records of the
+group's ids; the checks of each send run in memory, in order
 (:class:`~server.storage.grouped.AcceptGroup`); one statement writes the queue rows,
 the records, deletes the batch's acknowledged entries and sets every touched device's
 counters from arrays; COMMIT. Four round trips and one commit per batch with sends
@@ -337,7 +338,11 @@ async def _write_batch(
     group = AcceptGroup()
     outcomes: list[tuple[bool, Any]] = []
     if sends:
-        users = list(dict.fromkeys(u for call in sends for u, _ in call[4]))
+        # The acknowledging users' devices are locked too, with the rest in the one
+        # order: a batch takes every device lock it needs at once (two nodes' batches,
+        # each acknowledging a device the other sends to, deadlocked otherwise).
+        addressed = [u for call in sends for u, _ in call[4]]
+        users = list(dict.fromkeys(addressed + [ack[0] for ack in acks]))
         keys = list(dict.fromkeys((call[0], call[1], call[2]) for call in sends))
         rows = await conn.fetch(
             _GROUP_READ, users, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]

@@ -249,6 +249,52 @@ async def test_concurrent_sends_from_two_storages(pg_url: str) -> None:
         await second.aclose()
 
 
+async def test_cross_traffic_of_two_nodes_never_deadlocks(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two relay nodes, each sending to a device connected to the other and
+    acknowledging for a device connected to itself, in the same batches: every batch
+    takes its device locks at once, in the one order, so none deadlocks (a deadlock
+    costs PostgreSQL's deadlock timeout and a call-by-call rerun; before the acking
+    devices were locked with the rest, 100 rounds each met several)."""
+    await truncate_all(pg_url)
+    reruns: list[str] = []
+    original = PgHot._fetch
+
+    async def counting(self: PgHot, query: str, *args: object) -> list[Any]:
+        if query in (pg_hot._ACCEPT, pg_hot._ACK):
+            reruns.append(query)
+        return await original(self, query, *args)
+
+    monkeypatch.setattr(PgHot, "_fetch", counting)
+    first = await open_storage(pg_url)
+    second = await open_storage(pg_url)
+    try:
+        for user in ("p", "q", "s1", "s2"):
+            await make(first, user, [1])
+
+        async def node(s: Storage, sender: str, target: str, acker: str) -> int:
+            deleted = 0
+            for i in range(100):
+                accepted, *acked = await asyncio.gather(
+                    send(s, b"%d" % i, [(target, [(1, b"x")])], sender=(sender, 1)),
+                    *([s.messages.ack(acker, 1, [i - 1])] if i >= 2 else []),
+                )
+                assert isinstance(accepted, Acceptance) and not accepted.duplicate
+                deleted += sum(n for n in acked if isinstance(n, int))
+            return deleted
+
+        gone_p, gone_q = await asyncio.gather(
+            node(first, "s1", "q", "p"), node(second, "s2", "p", "q")
+        )
+        assert reruns == []
+        assert await first.messages.depth("p", 1) == 100 - gone_p
+        assert await first.messages.depth("q", 1) == 100 - gone_q
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
 async def test_one_client_id_sent_concurrently_is_stored_once(pg_url: str) -> None:
     """Concurrent retries of one send race on the idempotency record: the losers run
     again (unique violation) and get the original acceptance."""
